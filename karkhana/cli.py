@@ -7,9 +7,11 @@ import importlib
 import logging
 import os
 import sys
+from importlib.metadata import version
+from typing import Any
 
-import click
 import typer
+from typer.core import TyperGroup
 
 from karkhana.errors import ConfigError, KarkhanaError
 
@@ -24,17 +26,19 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-class LazyGroup(click.Group):
-    def list_commands(self, ctx: click.Context) -> list[str]:
+class LazyGroup(TyperGroup):
+    """Resolves a sub-command only when it is invoked (or its own help is asked for)."""
+
+    def list_commands(self, ctx: Any) -> list[str]:
         return list(SUBCOMMANDS)
 
-    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+    def format_commands(self, ctx: Any, formatter: Any) -> None:
         # Listing sub-commands must not import them.
         rows = [(name, help_) for name, (_, help_) in SUBCOMMANDS.items()]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
         target = SUBCOMMANDS.get(cmd_name)
         if target is None:
             return None
@@ -46,9 +50,20 @@ class LazyGroup(click.Group):
         return command
 
 
+app = typer.Typer(
+    cls=LazyGroup,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+)
+
+
 def _setup_logging(verbose: bool) -> None:
-    level = logging.DEBUG if verbose else getattr(
-        logging, os.environ.get("KARKHANA_LOG_LEVEL", "INFO").upper(), logging.INFO
+    level = (
+        logging.DEBUG
+        if verbose
+        else getattr(logging, os.environ.get("KARKHANA_LOG_LEVEL", "INFO").upper(), logging.INFO)
     )
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", stream=sys.stderr
@@ -58,20 +73,29 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
-@click.version_option(package_name="karkhana")
-def root(verbose: bool) -> None:
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"karkhana {version('karkhana')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="Debug logging."),
+    show_version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Show the version and exit."
+    ),
+) -> None:
     """karkhana: factory data from PLC to OEE."""
     _setup_logging(verbose)
 
 
 def main() -> None:
     try:
-        root.main(prog_name="karkhana")
+        app(prog_name="karkhana")
     except ConfigError as exc:
-        click.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
     except KarkhanaError as exc:
-        click.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {exc}", err=True)
         sys.exit(1)

@@ -1,0 +1,1 @@
+"""karkhana services: the KPI engine (``services.kpi``), the store reader and the HTTP API."""

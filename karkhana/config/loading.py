@@ -70,7 +70,7 @@ def read_yaml(path: str | Path) -> Any:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(p, "", f"cannot read file: {exc}") from exc
     try:
-        return yaml.load(text, Loader=_Yaml12BoolLoader)  # noqa: S506 - safe loader subclass
+        return yaml.load(text, Loader=_Yaml12BoolLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"

@@ -41,9 +41,9 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
 
 
 async def async_wait_until(
-    predicate: Callable[[], bool | Awaitable[bool]], timeout: float, what: str
+    predicate: Callable[[], bool | Awaitable[bool]], within_s: float, what: str
 ) -> None:
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
         result = predicate()
         if not isinstance(result, bool):
@@ -51,7 +51,7 @@ async def async_wait_until(
         if result:
             return
         await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    raise AssertionError(f"timed out after {within_s}s waiting for {what}")
 
 
 def mosquitto_binary() -> str:

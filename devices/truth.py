@@ -1,0 +1,190 @@
+"""Ground truth: the KPI components of docs/kpi.md computed from the generated timeline.
+
+Pure functions over state spans and planned intervals (microseconds), independent of any
+platform code and of anything the devices published.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from devices.timeutil import US, IntervalUs
+from karkhana.models import MachineState, iso_utc
+
+STOP_STATES = (
+    MachineState.IDLE,
+    MachineState.STOPPED,
+    MachineState.FAULT,
+    MachineState.SETUP,
+    MachineState.OFF,
+)
+Span = tuple[int, int, MachineState]
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return num / den if den > 0 else None
+
+
+@dataclass
+class KpiComponents:
+    """Additive components of one machine (or the sum of several) plus the derived ratios."""
+
+    calendar_planned_us: int = 0
+    planned_stop_us: int = 0
+    run_us: int = 0
+    short_stop_us: int = 0
+    down_us: dict[MachineState, int] = field(default_factory=lambda: dict.fromkeys(STOP_STATES, 0))
+    total: int = 0
+    reject: int = 0
+    ideal_s: float = 0.0
+    energy_kwh: float = 0.0
+
+    @property
+    def planned_us(self) -> int:
+        return self.calendar_planned_us - self.planned_stop_us
+
+    @property
+    def good(self) -> int:
+        return self.total - self.reject
+
+    def __add__(self, other: KpiComponents) -> KpiComponents:
+        return KpiComponents(
+            calendar_planned_us=self.calendar_planned_us + other.calendar_planned_us,
+            planned_stop_us=self.planned_stop_us + other.planned_stop_us,
+            run_us=self.run_us + other.run_us,
+            short_stop_us=self.short_stop_us + other.short_stop_us,
+            down_us={s: self.down_us[s] + other.down_us[s] for s in STOP_STATES},
+            total=self.total + other.total,
+            reject=self.reject + other.reject,
+            ideal_s=self.ideal_s + other.ideal_s,
+            energy_kwh=self.energy_kwh + other.energy_kwh,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        planned_s = self.planned_us / US
+        run_s = self.run_us / US
+        availability = _ratio(run_s, planned_s)
+        raw_performance = _ratio(self.ideal_s, run_s)
+        performance = None if raw_performance is None else min(1.0, raw_performance)
+        quality = _ratio(self.good, self.total)
+        oee = (
+            availability * performance * quality
+            if availability is not None and performance is not None and quality is not None
+            else None
+        )
+        return {
+            "calendar_planned_s": self.calendar_planned_us / US,
+            "planned_s": planned_s,
+            "run_s": run_s,
+            "short_stop_s": self.short_stop_us / US,
+            "down_s": {s.value: self.down_us[s] / US for s in STOP_STATES},
+            "no_data_s": 0.0,
+            "planned_stop_s": self.planned_stop_us / US,
+            "total": self.total,
+            "good": self.good,
+            "reject": self.reject,
+            "ideal_s": self.ideal_s,
+            "energy_kwh": round(self.energy_kwh, 6),
+            "availability": availability,
+            "performance": performance,
+            "performance_capped": raw_performance is not None and raw_performance > 1.0,
+            "quality": quality,
+            "oee": oee,
+        }
+
+
+def _overlap(a: int, b: int, intervals: Sequence[IntervalUs], ends: Sequence[int]) -> int:
+    total = 0
+    i = bisect.bisect_right(ends, a)
+    while i < len(intervals):
+        lo, hi = intervals[i]
+        if lo >= b:
+            break
+        total += min(b, hi) - max(a, lo)
+        i += 1
+    return total
+
+
+def time_components(
+    spans: Sequence[Span],
+    planned: Sequence[IntervalUs],
+    window: IntervalUs,
+    short_stop_threshold_s: float,
+) -> KpiComponents:
+    """Planned/run/short-stop/down time of one machine in ``window`` (docs/kpi.md).
+
+    ``spans`` is the state timeline in time order (it may begin before the window: stop
+    events are classified on their whole duration, up to the window's end at most);
+    ``planned`` the calendar planned intervals (sorted, disjoint).
+    """
+    w0, w1 = window
+    planned_in = [(max(a, w0), min(b, w1)) for a, b in planned if a < w1 and b > w0]
+    ends = [b for _, b in planned_in]
+    out = KpiComponents(calendar_planned_us=sum(b - a for a, b in planned_in))
+    threshold_us = short_stop_threshold_s * US
+
+    # Stop events: maximal runs of consecutive stop states (contiguous in time).
+    visible = [(a, min(b, w1), s) for a, b, s in spans if a < w1]
+    i = 0
+    while i < len(visible):
+        a, b, state = visible[i]
+        if state is MachineState.RUNNING:
+            out.run_us += _overlap(max(a, w0), b, planned_in, ends)
+            i += 1
+            continue
+        if state is MachineState.PLANNED_STOP:
+            out.planned_stop_us += _overlap(max(a, w0), b, planned_in, ends)
+            i += 1
+            continue
+        j = i
+        while (
+            j + 1 < len(visible)
+            and visible[j + 1][2] in STOP_STATES
+            and visible[j + 1][0] == visible[j][1]
+        ):
+            j += 1
+        event_len = visible[j][1] - a
+        short = event_len < threshold_us
+        for ea, eb, es in visible[i : j + 1]:
+            part = _overlap(max(ea, w0), eb, planned_in, ends) if eb > w0 else 0
+            if short:
+                out.run_us += part
+                out.short_stop_us += part
+            else:
+                out.down_us[es] += part
+        i = j + 1
+    return out
+
+
+@dataclass
+class GroundTruth:
+    """Exact KPI components of the simulated window, per machine and per line."""
+
+    start: datetime
+    end: datetime
+    speed: float
+    seed: int
+    machines: dict[str, KpiComponents]
+    lines: dict[str, KpiComponents]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "from": iso_utc(self.start),
+            "to": iso_utc(self.end),
+            "speed": self.speed,
+            "seed": self.seed,
+            "machines": {path: c.to_json() for path, c in self.machines.items()},
+            "lines": {path: c.to_json() for path, c in self.lines.items()},
+        }
+
+
+def sum_by_line(machines: dict[str, KpiComponents]) -> dict[str, KpiComponents]:
+    lines: dict[str, KpiComponents] = {}
+    for path, comp in machines.items():
+        line = path.rsplit("/", 1)[0]
+        lines[line] = lines[line] + comp if line in lines else comp + KpiComponents()
+    return lines

@@ -1,0 +1,391 @@
+"""Decode and validate edge envelopes (pure functions; never raises on bad input).
+
+The fast path decodes the whole payload with typed msgspec structs in one pass. Only when
+that fails does the slow path run: it decodes the envelope with the samples left raw, then
+each sample on its own, so the valid samples of a message survive a bad one and every
+problem gets a precise reason (``samples[3].ts: ...``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import msgspec
+
+from karkhana.envelope import ENVELOPE_VERSION
+from karkhana.models import ASSET_PATH_RE, SIGNAL_RE, SampleValue, iso_utc, to_ns
+from karkhana.topics import agent_from_samples_topic
+
+log = logging.getLogger(__name__)
+
+MAX_SAMPLES_PER_MESSAGE = 100_000
+MAX_STR_VALUE_CHARS = 1024
+MAX_UNIT_CHARS = 32
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+QUALITIES = frozenset({"good", "uncertain", "bad"})
+REASONS_LISTED = 5
+"""How many sample problems a dead-letter reason lists before ``and N more``."""
+
+_SHOWN_CHARS = 48
+_KNOWN_PAIRS_MAX = 65_536
+
+
+class _Sample(msgspec.Struct):
+    asset: str
+    signal: str
+    ts: datetime
+    value: bool | int | float | str
+    quality: str = "good"
+    unit: str | None = None
+
+
+class _Envelope(msgspec.Struct):
+    v: int
+    agent: str
+    seq: int
+    sent: datetime
+    samples: list[_Sample]
+
+
+class _LooseEnvelope(msgspec.Struct):
+    v: int
+    agent: str
+    seq: int
+    sent: datetime
+    samples: list[msgspec.Raw]
+
+
+class _Head(msgspec.Struct):
+    v: object = None
+
+
+_decode_envelope = msgspec.json.Decoder(_Envelope).decode
+_decode_loose = msgspec.json.Decoder(_LooseEnvelope).decode
+_decode_head = msgspec.json.Decoder(_Head).decode
+_decode_sample = msgspec.json.Decoder(_Sample).decode
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeLimits:
+    """Plausibility limits applied to every message."""
+
+    max_payload_bytes: int = 1_000_000
+    min_ts: datetime = datetime(2000, 1, 1, tzinfo=UTC)
+    max_future_s: float = 86400 * 2
+
+    @property
+    def min_ns(self) -> int:
+        return to_ns(self.min_ts)
+
+
+@dataclass(frozen=True, slots=True)
+class NormalizedSample:
+    """A validated sample: UTC nanoseconds, native value, quality name."""
+
+    asset: str
+    signal: str
+    ts_ns: int
+    value: SampleValue
+    quality: str = "good"
+    unit: str | None = None
+
+
+@dataclass(slots=True)
+class DecodeResult:
+    """What one MQTT message turned into.
+
+    - ``reason is None``: a fully valid envelope; all its samples are in ``samples``.
+    - ``reason`` set and ``agent``/``seq`` set: a valid envelope with some bad samples (the
+      valid ones are in ``samples``); the message is also a dead letter.
+    - ``reason`` set and ``seq is None``: the whole message is a dead letter.
+    """
+
+    topic: str
+    payload: bytes
+    received_ns: int
+    agent: str | None = None
+    seq: int | None = None
+    samples: list[NormalizedSample] = field(default_factory=list)
+    reason: str | None = None
+    sample_errors: int = 0
+
+    @property
+    def is_dead_letter(self) -> bool:
+        return self.reason is not None
+
+    @property
+    def is_envelope(self) -> bool:
+        """True when the envelope itself was valid (dedup by agent+seq applies)."""
+        return self.seq is not None
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    if len(text) > _SHOWN_CHARS:
+        text = text[: _SHOWN_CHARS - 3] + "..."
+    return text
+
+
+_MISSING_FIELD = re.compile(r"Object missing required field `([^`]*)`")
+
+
+def _msgspec_reason(exc: Exception, prefix: str = "") -> str:
+    """``Expected `int`, got `str` - at `$.seq``` -> ``seq: expected `int`, got `str```.
+
+    ``prefix`` locates the decoded value (``samples[3]``); empty for the envelope.
+    """
+    text = str(exc)
+    path = ""
+    if " - at `$" in text:
+        text, _, at = text.partition(" - at `$")
+        path = at.rstrip("`").lstrip(".")
+    missing = _MISSING_FIELD.fullmatch(text)
+    if missing is not None:
+        path = f"{path}.{missing.group(1)}" if path else missing.group(1)
+        text = "required field missing"
+    elif text == "Number out of range":
+        text = "number out of range (not a finite 64-bit float)"
+    if not path:
+        where = prefix or "envelope"
+    elif not prefix:
+        where = path
+    else:
+        where = prefix + ("" if path.startswith("[") else ".") + path
+    return f"{where}: {_lower_first(text)}"
+
+
+def _lower_first(text: str) -> str:
+    """``Expected ...`` -> ``expected ...`` but ``JSON is ...`` stays."""
+    if len(text) > 1 and text[1].islower():
+        return text[:1].lower() + text[1:]
+    return text
+
+
+def _ts_text(ts: datetime) -> str:
+    """UTC text of an aware timestamp; as given when UTC is outside the datetime range."""
+    try:
+        return iso_utc(ts)
+    except OverflowError:
+        return ts.isoformat()
+
+
+def _format_min(ts: datetime) -> str:
+    utc = ts.astimezone(UTC)
+    if utc.hour == utc.minute == utc.second == utc.microsecond == 0:
+        return utc.date().isoformat()
+    return iso_utc(utc)
+
+
+class EnvelopeDecoder:
+    """Decodes edge messages against fixed limits; keeps a small cache of valid names."""
+
+    def __init__(self, limits: DecodeLimits | None = None) -> None:
+        self.limits = limits or DecodeLimits()
+        self._min_ns = self.limits.min_ns
+        self._min_text = _format_min(self.limits.min_ts)
+        self._max_future_ns = int(self.limits.max_future_s * 1_000_000_000)
+        self._known_pairs: set[tuple[str, str]] = set()
+
+    def decode(self, topic: str, payload: bytes, received_ns: int) -> DecodeResult:
+        """Decode one message received at ``received_ns`` (Unix ns). Never raises."""
+        try:
+            return self._decode(topic, payload, received_ns)
+        except Exception as exc:
+            # A gap in the checks must not stop ingestion: the message is a dead letter.
+            log.exception("unexpected error decoding a message on %s", topic)
+            return DecodeResult(
+                topic=topic,
+                payload=payload,
+                received_ns=received_ns,
+                reason=f"message could not be decoded: {type(exc).__name__}: {exc}",
+            )
+
+    def _decode(self, topic: str, payload: bytes, received_ns: int) -> DecodeResult:
+        result = DecodeResult(topic=topic, payload=payload, received_ns=received_ns)
+        agent = agent_from_samples_topic(topic)
+        if agent is None:
+            result.reason = f"topic {topic!r} is not karkhana/v1/edge/{{agent}}/samples"
+            return result
+        if len(payload) > self.limits.max_payload_bytes:
+            result.reason = (
+                f"payload too large: {len(payload)} bytes (max {self.limits.max_payload_bytes})"
+            )
+            return result
+        try:
+            envelope = _decode_envelope(payload)
+        except msgspec.ValidationError:  # a subclass of DecodeError: catch it first
+            return self._decode_slow(result, agent)
+        except msgspec.DecodeError as exc:
+            result.reason = _not_json_reason(payload, exc)
+            return result
+        problem = self._check_envelope(
+            envelope.v, envelope.agent, envelope.seq, envelope.sent, len(envelope.samples), agent
+        )
+        if problem is not None:
+            result.reason = problem
+            return result
+        result.agent = envelope.agent
+        result.seq = envelope.seq
+        errors: list[str] = []
+        max_ns = received_ns + self._max_future_ns
+        append = result.samples.append
+        for index, sample in enumerate(envelope.samples):
+            checked = self._check_sample(sample, max_ns)
+            if isinstance(checked, str):
+                errors.append(f"samples[{index}].{checked}")
+            else:
+                append(checked)
+        if errors:
+            self._set_sample_reason(result, errors, len(envelope.samples))
+        return result
+
+    # -- slow path -------------------------------------------------------------------------
+
+    def _decode_slow(self, result: DecodeResult, agent: str) -> DecodeResult:
+        payload = result.payload
+        try:
+            head = _decode_head(payload)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            result.reason = _msgspec_reason(exc)
+            return result
+        if head.v != ENVELOPE_VERSION:
+            result.reason = _version_reason(head.v)
+            return result
+        try:
+            loose = _decode_loose(payload)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            result.reason = _msgspec_reason(exc)
+            return result
+        problem = self._check_envelope(
+            loose.v, loose.agent, loose.seq, loose.sent, len(loose.samples), agent
+        )
+        if problem is not None:
+            result.reason = problem
+            return result
+        result.agent = loose.agent
+        result.seq = loose.seq
+        errors: list[str] = []
+        max_ns = result.received_ns + self._max_future_ns
+        for index, raw in enumerate(loose.samples):
+            prefix = f"samples[{index}]"
+            try:
+                sample = _decode_sample(raw)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                errors.append(_msgspec_reason(exc, prefix=prefix))
+                continue
+            checked = self._check_sample(sample, max_ns)
+            if isinstance(checked, str):
+                errors.append(f"{prefix}.{checked}")
+            else:
+                result.samples.append(checked)
+        if errors:
+            self._set_sample_reason(result, errors, len(loose.samples))
+        return result
+
+    # -- checks ----------------------------------------------------------------------------
+
+    def _check_envelope(
+        self, v: int, agent: str, seq: int, sent: datetime, count: int, topic_agent: str
+    ) -> str | None:
+        if v != ENVELOPE_VERSION:
+            return _version_reason(v)
+        if agent != topic_agent:
+            return f"agent: {_shown(agent)} does not match the topic's agent {_shown(topic_agent)}"
+        if seq < 0 or seq > INT64_MAX:
+            return f"seq: {_shown(seq)} is not a non-negative 64-bit integer"
+        if sent.tzinfo is None:
+            return f"sent: timestamp {sent.isoformat()} has no timezone (UTC offset or Z required)"
+        if count == 0:
+            return "samples: empty list (at least one sample required)"
+        if count > MAX_SAMPLES_PER_MESSAGE:
+            return f"samples: {count} samples (max {MAX_SAMPLES_PER_MESSAGE})"
+        return None
+
+    def _check_sample(self, s: _Sample, max_ns: int) -> NormalizedSample | str:
+        """A normalized sample, or the problem as ``field: reason``."""
+        pair = (s.asset, s.signal)
+        if pair not in self._known_pairs:
+            if not ASSET_PATH_RE.match(s.asset):
+                return (
+                    f"asset: {_shown(s.asset)} is not site/area/line/machine "
+                    "(lower-case letters, digits, '-' and '_')"
+                )
+            if not SIGNAL_RE.match(s.signal):
+                return f"signal: {_shown(s.signal)} does not match {SIGNAL_RE.pattern}"
+            if len(self._known_pairs) >= _KNOWN_PAIRS_MAX:
+                self._known_pairs.clear()
+            self._known_pairs.add(pair)
+        ts = s.ts
+        if ts.tzinfo is None:
+            return f"ts: timestamp {ts.isoformat()} has no timezone (UTC offset or Z required)"
+        ts_ns = to_ns(ts)
+        if ts_ns < self._min_ns:
+            return f"ts: timestamp {_ts_text(ts)} before {self._min_text}"
+        if ts_ns > max_ns:
+            return (
+                f"ts: timestamp {_ts_text(ts)} more than {self.limits.max_future_s:g} s "
+                "in the future"
+            )
+        value = s.value
+        kind = type(value)
+        if kind is float:
+            if not math.isfinite(value):  # type: ignore[arg-type]
+                return f"value: {value!r} is not a finite number"
+        elif kind is int:
+            if value < INT64_MIN or value > INT64_MAX:  # type: ignore[operator]
+                return f"value: integer {_shown(value)} is outside the 64-bit range"
+        elif kind is str and len(value) > MAX_STR_VALUE_CHARS:  # type: ignore[arg-type]
+            return (
+                f"value: string of {len(value)} characters "  # type: ignore[arg-type]
+                f"(max {MAX_STR_VALUE_CHARS})"
+            )
+        if s.quality not in QUALITIES:
+            return f"quality: {_shown(s.quality)} is not one of good, uncertain, bad"
+        if s.unit is not None and len(s.unit) > MAX_UNIT_CHARS:
+            return f"unit: {len(s.unit)} characters (max {MAX_UNIT_CHARS})"
+        return NormalizedSample(s.asset, s.signal, ts_ns, value, s.quality, s.unit)
+
+    @staticmethod
+    def _set_sample_reason(result: DecodeResult, errors: list[str], total: int) -> None:
+        listed = "; ".join(errors[:REASONS_LISTED])
+        more = len(errors) - REASONS_LISTED
+        suffix = f"; and {more} more" if more > 0 else ""
+        result.sample_errors = len(errors)
+        result.reason = f"{len(errors)} of {total} samples rejected: {listed}{suffix}"
+
+
+def _version_reason(v: object) -> str:
+    if v is None:
+        return f"v: missing or null (expected {ENVELOPE_VERSION})"
+    return f"v: unsupported envelope version {_shown(v)} (expected {ENVELOPE_VERSION})"
+
+
+_BYTE_POSITION = re.compile(r"\(byte (\d+)\)")
+
+
+def _not_json_reason(payload: bytes, exc: msgspec.DecodeError) -> str:
+    try:
+        payload.decode("utf-8")
+    except UnicodeDecodeError as utf8_exc:
+        return f"payload is not valid UTF-8 (invalid byte at offset {utf8_exc.start})"
+    if not payload.strip():
+        return "payload is not JSON: empty"
+    text = _lower_first(str(exc))
+    match = _BYTE_POSITION.search(text)
+    if match is not None:
+        at = int(match.group(1))
+        if payload[at : at + 3] in (b"NaN", b"Inf") or payload[at : at + 4] == b"-Inf":
+            text += " (NaN and Infinity are not JSON; values must be finite numbers)"
+    return f"payload is not JSON: {text}"
+
+
+def decode_message(
+    topic: str, payload: bytes, received_ns: int, limits: DecodeLimits | None = None
+) -> DecodeResult:
+    """One-off decode (a fresh :class:`EnvelopeDecoder`); long-lived code keeps a decoder."""
+    return EnvelopeDecoder(limits).decode(topic, payload, received_ns)

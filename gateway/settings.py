@@ -1,0 +1,123 @@
+"""Settings of the gateway deployable (environment variables ``KARKHANA_GATEWAY_*``)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from karkhana.config.loading import validation_to_config_error
+
+SETTINGS_SOURCE = "gateway settings (KARKHANA_GATEWAY_* environment / command-line options)"
+
+_BROKER_SCHEMES = {"mqtt": 1883, "mqtts": 8883}
+_TOPIC_FORBIDDEN = set("/+#")
+
+
+class GatewaySettings(BaseSettings):
+    """Everything one gateway process needs; built once in ``main()`` and passed down."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="KARKHANA_GATEWAY_", extra="forbid", validate_default=True
+    )
+
+    broker: str = "mqtt://127.0.0.1:1883"
+    username: str | None = None
+    password: SecretStr | None = None
+    client_id: str = Field(default="karkhana-gateway", min_length=1, max_length=128)
+    db: Path = Path("karkhana-data/karkhana.sqlite")
+    share_group: str | None = None
+    keepalive_s: int = Field(default=30, ge=5, le=65535)
+    session_expiry_s: int = Field(default=7 * 86400, ge=0, le=0xFFFFFFFF)
+    batch_max_samples: int = Field(default=5000, ge=1, le=1_000_000)
+    batch_max_delay_s: float = Field(default=0.2, gt=0, le=60)
+    queue_max_messages: int = Field(default=10_000, ge=1, le=10_000_000)
+    max_payload_bytes: int = Field(default=1_000_000, ge=64)
+    max_future_s: float = Field(default=86400 * 2, ge=0)
+    min_ts: datetime = datetime(2000, 1, 1, tzinfo=UTC)
+    deadletter_payload_max: int = Field(default=4096, ge=0)
+
+    @field_validator("broker")
+    @classmethod
+    def _check_broker(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in _BROKER_SCHEMES:
+            raise ValueError(
+                f"broker URL {value!r} must start with mqtt:// or mqtts:// "
+                "(e.g. mqtt://127.0.0.1:1883)"
+            )
+        if not parts.hostname:
+            raise ValueError(f"broker URL {value!r} has no host")
+        try:
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError as exc:
+            raise ValueError(f"broker URL {value!r} has an invalid port") from exc
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError(f"broker URL {value!r} must not have a path, query or fragment")
+        if parts.username or parts.password:
+            raise ValueError(
+                "put broker credentials in username/password "
+                "(KARKHANA_GATEWAY_USERNAME, KARKHANA_GATEWAY_PASSWORD), not in the URL"
+            )
+        return value
+
+    @field_validator("share_group")
+    @classmethod
+    def _check_share_group(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value or _TOPIC_FORBIDDEN & set(value):
+            raise ValueError(
+                f"share group {value!r} must be a non-empty name without '/', '+' or '#'"
+            )
+        return value
+
+    @field_validator("client_id")
+    @classmethod
+    def _check_client_id(cls, value: str) -> str:
+        if _TOPIC_FORBIDDEN & set(value) or any(c.isspace() for c in value):
+            raise ValueError(f"client id {value!r} must not contain '/', '+', '#' or spaces")
+        return value
+
+    @field_validator("min_ts")
+    @classmethod
+    def _check_min_ts(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("min_ts must have a timezone (e.g. 2000-01-01T00:00:00Z)")
+        return value.astimezone(UTC)
+
+    @property
+    def broker_host(self) -> str:
+        host = urlsplit(self.broker).hostname
+        assert host is not None  # checked by the validator
+        return host
+
+    @property
+    def broker_port(self) -> int:
+        parts = urlsplit(self.broker)
+        return parts.port or _BROKER_SCHEMES[parts.scheme]
+
+    @property
+    def broker_tls(self) -> bool:
+        return urlsplit(self.broker).scheme == "mqtts"
+
+    @property
+    def mqtt_v5(self) -> bool:
+        """Shared subscriptions need MQTT v5; otherwise 3.1.1 (which every broker speaks)."""
+        return self.share_group is not None
+
+
+def load_settings(**overrides: Any) -> GatewaySettings:
+    """Settings from the environment with explicit ``overrides`` (None values are ignored).
+
+    Raises :class:`karkhana.errors.ConfigError` naming the key and the problem.
+    """
+    given = {key: value for key, value in overrides.items() if value is not None}
+    try:
+        return GatewaySettings(**given)
+    except ValidationError as exc:
+        raise validation_to_config_error(SETTINGS_SOURCE, exc) from exc

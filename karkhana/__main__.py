@@ -1,0 +1,3 @@
+from karkhana.cli import main
+
+main()

@@ -1,0 +1,32 @@
+"""Settings of the API deployable (env prefix ``KARKHANA_API_``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from karkhana.config.loading import validation_to_config_error
+
+
+class ApiSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KARKHANA_API_", extra="forbid")
+
+    factory: Path = Field(description="factory.yaml describing the assets and calendars")
+    db: Path = Field(
+        default=Path("karkhana-data/karkhana.sqlite"), description="SQLite store to read"
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    max_gap_s: float = Field(default=300.0, gt=0, description="coverage: max freshness per sample")
+    max_window_days: float = Field(default=93, gt=0, description="longest KPI window accepted")
+
+
+def load_settings(**overrides: Any) -> ApiSettings:
+    """Settings from the environment plus explicit overrides; problems raise ConfigError."""
+    try:
+        return ApiSettings(**overrides)
+    except ValidationError as exc:
+        raise validation_to_config_error("API settings (KARKHANA_API_* / options)", exc) from exc

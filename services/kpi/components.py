@@ -1,0 +1,95 @@
+"""Additive OEE components of one machine (or a sum of machines) over a time window."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from karkhana.models import MachineState
+
+# Canonical states that make up a stop event, in the order they are reported.
+DOWN_CATEGORIES: tuple[str, ...] = (
+    MachineState.IDLE.value,
+    MachineState.STOPPED.value,
+    MachineState.FAULT.value,
+    MachineState.SETUP.value,
+    MachineState.OFF.value,
+)
+
+
+def _zero_down() -> Mapping[str, float]:
+    return MappingProxyType(dict.fromkeys(DOWN_CATEGORIES, 0.0))
+
+
+@dataclass(frozen=True, slots=True)
+class OeeComponents:
+    """Times in seconds, counts in units; every field sums across windows and machines.
+
+    ``planned_s = run_s + sum(down_s.values()) + no_data_s``; ``planned_stop_s`` is the
+    calendar planned time the machine spent in ``planned_stop`` (removed from planned time);
+    ``short_stop_s`` is the part of ``run_s`` spent in short stops. ``covered_s`` /
+    ``window_s`` give the data coverage. ``flags`` is the union of the parts' flags.
+    """
+
+    planned_s: float = 0.0
+    run_s: float = 0.0
+    short_stop_s: float = 0.0
+    down_s: Mapping[str, float] = field(default_factory=_zero_down)
+    no_data_s: float = 0.0
+    planned_stop_s: float = 0.0
+    ideal_s: float = 0.0
+    total: float = 0.0
+    good: float = 0.0
+    covered_s: float = 0.0
+    window_s: float = 0.0
+    flags: frozenset[str] = frozenset()
+
+    @property
+    def down_total_s(self) -> float:
+        return sum(self.down_s.values())
+
+    def __add__(self, other: object) -> OeeComponents:
+        if not isinstance(other, OeeComponents):
+            return NotImplemented
+        keys = list(self.down_s) + [k for k in other.down_s if k not in self.down_s]
+        down = {k: self.down_s.get(k, 0.0) + other.down_s.get(k, 0.0) for k in keys}
+        return OeeComponents(
+            planned_s=self.planned_s + other.planned_s,
+            run_s=self.run_s + other.run_s,
+            short_stop_s=self.short_stop_s + other.short_stop_s,
+            down_s=MappingProxyType(down),
+            no_data_s=self.no_data_s + other.no_data_s,
+            planned_stop_s=self.planned_stop_s + other.planned_stop_s,
+            ideal_s=self.ideal_s + other.ideal_s,
+            total=self.total + other.total,
+            good=self.good + other.good,
+            covered_s=self.covered_s + other.covered_s,
+            window_s=self.window_s + other.window_s,
+            flags=self.flags | other.flags,
+        )
+
+    def as_dict(self) -> dict[str, object]:
+        """Plain-data view (``down_s`` as a dict, ``flags`` as a sorted list)."""
+        return {
+            "planned_s": self.planned_s,
+            "run_s": self.run_s,
+            "short_stop_s": self.short_stop_s,
+            "down_s": dict(self.down_s),
+            "no_data_s": self.no_data_s,
+            "planned_stop_s": self.planned_stop_s,
+            "ideal_s": self.ideal_s,
+            "total": self.total,
+            "good": self.good,
+            "covered_s": self.covered_s,
+            "window_s": self.window_s,
+            "flags": sorted(self.flags),
+        }
+
+
+def sum_components(parts: Iterable[OeeComponents]) -> OeeComponents:
+    """Sum of components (an empty iterable gives all zeros)."""
+    total = OeeComponents()
+    for part in parts:
+        total = total + part
+    return total

@@ -1,0 +1,164 @@
+"""Machine state timeline -> planned run, short-stop, down, planned-stop and no-data time.
+
+A state value holds from its timestamp until the next state sample; before the first
+sample the state is unknown. A sample whose value the machine's state map does not know, or
+whose quality is ``bad``, makes the state unknown from its timestamp on (flag
+``unmapped_state`` for unmapped values). Stop events are maximal runs of consecutive stop
+states over the whole timeline, classified short or long on their whole duration.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+from karkhana.config.factory import StateMap, map_state
+from karkhana.models import MachineState, Quality
+from services.kpi.components import DOWN_CATEGORIES
+from services.kpi.planned import PlannedTime
+from services.kpi.source import Point
+
+UNMAPPED_STATE = "unmapped_state"
+
+STOP_STATES: frozenset[MachineState] = frozenset(MachineState(c) for c in DOWN_CATEGORIES)
+
+
+def canonical_state(point: Point, state_map: StateMap) -> MachineState | None:
+    """The canonical state a sample stands for; None (unknown) when unmapped or bad."""
+    if point.quality == Quality.BAD:
+        return None
+    return map_state(point.value, state_map)
+
+
+def is_unmapped(point: Point, state_map: StateMap) -> bool:
+    return point.quality != Quality.BAD and map_state(point.value, state_map) is None
+
+
+@dataclass(slots=True)
+class StateTimes:
+    """Integer nanoseconds of planned time by what the machine was doing."""
+
+    calendar_ns: int = 0
+    run_ns: int = 0
+    short_stop_ns: int = 0
+    down_ns: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DOWN_CATEGORIES, 0))
+    no_data_ns: int = 0
+    planned_stop_ns: int = 0
+    flags: set[str] = field(default_factory=set)
+
+    @property
+    def planned_ns(self) -> int:
+        return self.calendar_ns - self.planned_stop_ns
+
+
+def state_times(
+    states: Sequence[Point],
+    state_map: StateMap,
+    planned: PlannedTime,
+    start_ns: int,
+    end_ns: int,
+    short_stop_threshold_s: float,
+) -> StateTimes:
+    """Split the planned time of ``[start_ns, end_ns)`` by machine state.
+
+    ``states`` are the machine's state samples in time order, reaching back before
+    ``start_ns`` to the start of any stop event in progress there and ahead past ``end_ns``
+    to the sample ending any stop event in progress there. ``planned`` must lie inside the
+    window. One linear pass; planned-time overlaps are O(log n) lookups.
+    """
+    out = StateTimes(calendar_ns=planned.total)
+    n = len(states)
+    if n == 0:
+        out.no_data_ns = planned.total
+        return out
+    threshold_ns = round(short_stop_threshold_s * 1e9)
+    ts = [p.ts_ns for p in states]
+    canon = [canonical_state(p, state_map) for p in states]
+
+    def seg_end(k: int) -> int:
+        return ts[k + 1] if k + 1 < n else max(end_ns, ts[k])
+
+    # Unknown before the first sample.
+    out.no_data_ns += planned.overlap(start_ns, ts[0])
+    i = 0
+    while i < n:
+        state = canon[i]
+        if state in STOP_STATES:
+            j = i
+            while j + 1 < n and canon[j + 1] in STOP_STATES:
+                j += 1
+            # An event still open at the end of the data is classified by its duration up
+            # to the end of the window (or its last sample, when that is later).
+            event_ns = seg_end(j) - ts[i]
+            short = event_ns < threshold_ns
+            for k in range(i, j + 1):
+                p = planned.overlap(ts[k], seg_end(k))
+                if short:
+                    out.run_ns += p
+                    out.short_stop_ns += p
+                else:
+                    out.down_ns[str(canon[k])] += p
+            i = j + 1
+            continue
+        p = planned.overlap(ts[i], seg_end(i))
+        if state is MachineState.RUNNING:
+            out.run_ns += p
+        elif state is MachineState.PLANNED_STOP:
+            out.planned_stop_ns += p
+        else:
+            out.no_data_ns += p
+            if ts[i] < end_ns and seg_end(i) > start_ns and is_unmapped(states[i], state_map):
+                out.flags.add(UNMAPPED_STATE)
+        i += 1
+    return out
+
+
+def stop_event_bounds(
+    state_map: StateMap,
+    before: Iterator[Point],
+    window: Sequence[Point],
+    after: Iterator[Point],
+) -> list[Point]:
+    """Assemble the state samples ``state_times`` needs.
+
+    ``before``: samples before the window, newest first; taken back to (and including) the
+    first one that is not a stop state, which bounds the stop event in progress at the
+    window start. ``after``: samples from the window end on, oldest first; taken while a
+    stop event is in progress, up to (and including) the sample that ends it.
+    """
+    back: list[Point] = []
+    for p in before:
+        back.append(p)
+        if canonical_state(p, state_map) not in STOP_STATES:
+            break
+    back.reverse()
+    timeline = back + list(window)
+    if timeline and canonical_state(timeline[-1], state_map) in STOP_STATES:
+        for p in after:
+            timeline.append(p)
+            if canonical_state(p, state_map) not in STOP_STATES:
+                break
+    return timeline
+
+
+@dataclass(frozen=True, slots=True)
+class CurrentState:
+    state: MachineState | None
+    since_ns: int
+
+
+def current_state(
+    newest_first: Iterator[Point], state_map: StateMap, max_scan: int = 100_000
+) -> CurrentState | None:
+    """Latest canonical state and when it began (walking back over samples with the same
+    canonical state, at most ``max_scan`` of them); None when there is no sample."""
+    latest: CurrentState | None = None
+    for count, p in enumerate(newest_first):
+        state = canonical_state(p, state_map)
+        if latest is None:
+            latest = CurrentState(state, p.ts_ns)
+        elif state != latest.state or count >= max_scan:
+            break
+        else:
+            latest = CurrentState(state, p.ts_ns)
+    return latest

@@ -1,0 +1,175 @@
+"""Read-only access to the embedded SQLite store (schema: ``karkhana.storage.sqlite_schema``).
+
+Implements ``services.kpi.SampleSource``. A store file that does not exist yet (or whose
+schema the gateway has not created yet) reads as empty, so the API answers before the first
+sample arrives. One reader per request: open with ``SqliteReader.open`` and close it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from karkhana.errors import StoreError
+from karkhana.models import Quality
+from karkhana.storage.sqlite_schema import QUALITY_NAMES, connect, decode_value
+from services.kpi.source import Point
+
+logger = logging.getLogger(__name__)
+
+_QUALITIES = {code: Quality(name) for code, name in QUALITY_NAMES.items()}
+_FETCH = 2048
+
+
+def _point(row: tuple[Any, ...]) -> Point:
+    ts_ns, raw, vtype, quality = row
+    return Point(ts_ns, decode_value(raw, vtype), _QUALITIES.get(quality, Quality.BAD))
+
+
+def _missing_schema(exc: sqlite3.Error) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and "no such table" in str(exc)
+
+
+class SqliteReader:
+    """A read-only view of one SQLite store file."""
+
+    def __init__(self, path: Path, conn: sqlite3.Connection | None) -> None:
+        self.path = path
+        self._conn = conn
+        self._series: dict[tuple[str, str], int | None] = {}
+        self._asset_series: dict[str, list[int]] = {}
+
+    @classmethod
+    def open(cls, path: str | Path) -> SqliteReader:
+        p = Path(path)
+        if not p.exists():
+            return cls(p, None)
+        try:
+            conn = connect(p, readonly=True)
+            conn.execute("PRAGMA busy_timeout = 5000")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the SQLite store {p}: {exc}") from exc
+        return cls(p, conn)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    @property
+    def exists(self) -> bool:
+        return self._conn is not None
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        if self._conn is None:
+            return []
+        try:
+            return self._conn.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            if _missing_schema(exc):
+                return []
+            raise StoreError(f"reading the SQLite store {self.path} failed: {exc}") from exc
+
+    def _iterate(self, sql: str, params: Sequence[Any]) -> Iterator[tuple[Any, ...]]:
+        if self._conn is None:
+            return
+        try:
+            cursor = self._conn.execute(sql, params)
+            while rows := cursor.fetchmany(_FETCH):
+                yield from rows
+        except sqlite3.Error as exc:
+            if _missing_schema(exc):
+                return
+            raise StoreError(f"reading the SQLite store {self.path} failed: {exc}") from exc
+
+    def series_id(self, asset: str, signal: str) -> int | None:
+        key = (asset, signal)
+        if key not in self._series:
+            rows = self._query(
+                "SELECT id FROM series WHERE asset = ? AND signal = ?", (asset, signal)
+            )
+            self._series[key] = int(rows[0][0]) if rows else None
+        return self._series[key]
+
+    def asset_series(self, asset: str) -> list[int]:
+        if asset not in self._asset_series:
+            rows = self._query("SELECT id FROM series WHERE asset = ? ORDER BY id", (asset,))
+            self._asset_series[asset] = [int(r[0]) for r in rows]
+        return self._asset_series[asset]
+
+    # --- SampleSource -----------------------------------------------------------------
+
+    def points(self, asset: str, signal: str, start_ns: int, end_ns: int) -> list[Point]:
+        sid = self.series_id(asset, signal)
+        if sid is None:
+            return []
+        rows = self._query(
+            "SELECT ts_ns, value, vtype, quality FROM samples "
+            "WHERE series_id = ? AND ts_ns >= ? AND ts_ns < ? ORDER BY ts_ns",
+            (sid, start_ns, end_ns),
+        )
+        return [_point(r) for r in rows]
+
+    def points_before(self, asset: str, signal: str, before_ns: int) -> Iterator[Point]:
+        sid = self.series_id(asset, signal)
+        if sid is None:
+            return iter(())
+        rows = self._iterate(
+            "SELECT ts_ns, value, vtype, quality FROM samples "
+            "WHERE series_id = ? AND ts_ns < ? ORDER BY ts_ns DESC",
+            (sid, before_ns),
+        )
+        return (_point(r) for r in rows)
+
+    def points_from(self, asset: str, signal: str, from_ns: int) -> Iterator[Point]:
+        sid = self.series_id(asset, signal)
+        if sid is None:
+            return iter(())
+        rows = self._iterate(
+            "SELECT ts_ns, value, vtype, quality FROM samples "
+            "WHERE series_id = ? AND ts_ns >= ? ORDER BY ts_ns",
+            (sid, from_ns),
+        )
+        return (_point(r) for r in rows)
+
+    def sample_times(self, asset: str, start_ns: int, end_ns: int) -> list[int]:
+        ids = self.asset_series(asset)
+        if not ids:
+            return []
+        previous: int | None = None
+        for sid in ids:
+            rows = self._query(
+                "SELECT ts_ns FROM samples WHERE series_id = ? AND ts_ns < ? "
+                "ORDER BY ts_ns DESC LIMIT 1",
+                (sid, start_ns),
+            )
+            if rows and (previous is None or rows[0][0] > previous):
+                previous = int(rows[0][0])
+        marks = ",".join("?" * len(ids))
+        rows = self._query(
+            f"SELECT DISTINCT ts_ns FROM samples WHERE series_id IN ({marks}) "
+            "AND ts_ns >= ? AND ts_ns < ? ORDER BY ts_ns",
+            (*ids, start_ns, end_ns),
+        )
+        times = [r[0] for r in rows]
+        return [previous, *times] if previous is not None else times
+
+    # --- health -----------------------------------------------------------------------
+
+    def sample_count(self) -> int:
+        rows = self._query("SELECT COUNT(*) FROM samples")
+        return int(rows[0][0]) if rows else 0
+
+
+@contextmanager
+def open_reader(path: str | Path) -> Iterator[SqliteReader]:
+    """A reader for one unit of work, closed afterwards."""
+    reader = SqliteReader.open(path)
+    try:
+        yield reader
+    finally:
+        reader.close()
