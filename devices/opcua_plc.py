@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from datetime import datetime
 from types import TracebackType
 from typing import cast
 
@@ -50,6 +51,7 @@ class OpcUaPlc:
         port: int,
         state_codes: dict[MachineState, int | str],
         mode_codes: dict[str, int],
+        initial_ts: datetime | None = None,
     ) -> None:
         self.machine_id = machine_id
         self._host = host
@@ -58,6 +60,9 @@ class OpcUaPlc:
         self._mode_codes = mode_codes
         self._server: Server | None = None
         self._nodes: dict[str, tuple[ua.NodeId, ua.VariantType]] = {}
+        # Placeholder values carry the simulated start time, so a client that subscribes
+        # before the first real values are written never sees a wall-clock timestamp.
+        self._initial_ts = initial_ts
 
     @property
     def endpoint(self) -> str:
@@ -80,6 +85,15 @@ class OpcUaPlc:
             nid = ua.NodeId.from_string(node_id(self.machine_id, name))
             initial: int | float = 0.0 if vtype is ua.VariantType.Double else 0
             await obj.add_variable(nid, ua.QualifiedName(name, idx), ua.Variant(initial, vtype))
+            if self._initial_ts is not None:
+                await server.write_attribute_value(
+                    nid,
+                    ua.DataValue(
+                        ua.Variant(initial, vtype),
+                        SourceTimestamp=cast(ua.DateTime, self._initial_ts),
+                        ServerTimestamp=cast(ua.DateTime, self._initial_ts),
+                    ),
+                )
             self._nodes[signal] = (nid, vtype)
         try:
             await server.start()

@@ -180,6 +180,10 @@ class FactorySimulator:
                 self._machines.append(self._build(ref, cfg, hub, plcs))
             if plcs:
                 await stack.enter_async_context(PlcGroup(plcs))
+            # Devices show their values at the start time as soon as they are up, so a
+            # reader that connects before run() starts the clock sees the right state.
+            await self._publish_initial()
+            self._initial_done = True
         except BaseException:
             await stack.aclose()
             raise
@@ -195,7 +199,12 @@ class FactorySimulator:
         if entry.device == "opcua":
             assert entry.port is not None
             plc = OpcUaPlc(
-                ref.machine.id, cfg.opcua_host, entry.port, codes, _mode_codes(ref, self.source)
+                ref.machine.id,
+                cfg.opcua_host,
+                entry.port,
+                codes,
+                _mode_codes(ref, self.source),
+                initial_ts=self.start,
             )
             plcs.append(plc)
             device = plc

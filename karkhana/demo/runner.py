@@ -112,21 +112,21 @@ class Dashboard:
 
     def table(self, title: str, truth: dict[str, Any] | None = None) -> Table:
         table = Table(title=title, expand=False)
-        table.add_column("machine")
-        table.add_column("state")
+        table.add_column("machine", no_wrap=True)
+        table.add_column("state", no_wrap=True)
         for name in ("avail.", "perf.", "quality", "OEE"):
-            table.add_column(name, justify="right")
-        table.add_column("total", justify="right")
-        table.add_column("good", justify="right")
-        table.add_column("coverage", justify="right")
+            table.add_column(name, justify="right", no_wrap=True)
+        table.add_column("total", justify="right", no_wrap=True)
+        table.add_column("good", justify="right", no_wrap=True)
+        table.add_column("data", justify="right", no_wrap=True)
         if truth is not None:
-            table.add_column("OEE (truth)", justify="right")
+            table.add_column("OEE truth", justify="right", no_wrap=True)
         for ref in self.factory.machines():
             row = self.rows.get(ref.path, {})
             comps = row.get("components", {})
             state = self.states.get(ref.path) or "-"
             cells = [
-                ref.path,
+                f"{ref.line.id}/{ref.machine.id}",
                 f"[{STATE_STYLE.get(state, '')}]{state}[/]" if state != "-" else "-",
                 _fmt_pct(row.get("availability")),
                 _fmt_pct(row.get("performance")),
@@ -158,13 +158,15 @@ async def run_demo(opts: DemoOptions) -> int:
     from services.api.main import ApiSettings
     from services.cli import serve
 
-    console = Console()
+    # Piped output (logs, CI) gets a fixed width so the final table stays readable.
+    console = Console() if Console().is_terminal else Console(width=120)
     factory = load_factory(opts.factory_path)
+    data_dir = opts.data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    _route_logs(data_dir / "demo.log", quiet_console=opts.live and console.is_terminal)
     _ensure_port_free(opts.api_port, "HTTP API", "--port")
     if opts.broker_url is None:
         _ensure_port_free(opts.mqtt_port, "embedded MQTT broker", "--mqtt-port")
-    data_dir = opts.data_dir.resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
     db_path = data_dir / "karkhana.sqlite"
 
     tasks: list[asyncio.Task[Any]] = []
@@ -216,6 +218,7 @@ async def run_demo(opts: DemoOptions) -> int:
         api_url = f"http://127.0.0.1:{opts.api_port}"
         console.print(
             f"karkhana demo: broker {broker_url}, API {api_url}, store {db_path}, "
+            f"log {data_dir / 'demo.log'}, "
             f"speed x{opts.speed:g}"
             + (f", {opts.duration_s:g} s" if opts.duration_s else ", Ctrl-C stops")
         )
@@ -244,6 +247,23 @@ async def run_demo(opts: DemoOptions) -> int:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
     return 0
+
+
+def _route_logs(log_file: Path, *, quiet_console: bool) -> None:
+    """Everything at INFO goes to ``log_file``; the console keeps warnings only while the
+    live table owns the terminal. Library chatter (HTTP polling, broker internals, OPC UA
+    security notices for the unsecured simulator) stays out of both."""
+    root = logging.getLogger()
+    handler = logging.FileHandler(log_file, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    if quiet_console:
+        for existing in root.handlers:
+            if existing is not handler:
+                existing.setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("amqtt").setLevel(logging.ERROR)
+    logging.getLogger("asyncua").setLevel(logging.ERROR)
 
 
 def _check_tasks(tasks: list[asyncio.Task[Any]]) -> None:

@@ -69,8 +69,9 @@ class ComponentsOut(BaseModel):
     no_data_s: float
     planned_stop_s: float
     ideal_s: float
-    total: float
-    good: float
+    # Unit counters are whole numbers; a counter of, say, metres may not be.
+    total: int | float
+    good: int | float
     covered_s: float
     window_s: float
 

@@ -16,7 +16,7 @@ from karkhana.errors import KarkhanaError
 from services.api import ApiSettings
 from services.cli import serve
 from tests.helpers.servers import free_port, wait_for_port
-from tests.unit.test_kpi_helpers import write_factory, write_samples
+from tests.helpers.store_builders import write_factory, write_samples
 
 pytestmark = pytest.mark.integration
 

@@ -130,6 +130,9 @@ async def test_devices_publish_the_timeline_and_truth_is_consistent(
         nodes = [client.get_node(f"ns=2;s=press-01.{n}") for n in names]
         await rec.sub.subscribe_data_change(nodes, queuesize=1000)
         await async_wait_until(lambda: len(rec.items) == len(names), 10, "initial values")
+        # Before the clock runs, a reader already sees the values at the simulated start,
+        # never a wall-clock timestamp.
+        assert {items[0][2] for items in rec.items.values()} == {START}
 
         await sim.run()
         assert sim.now() == sim.end

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from karkhana.errors import ConfigError
 from services.api import ApiSettings, create_app
-from tests.unit.test_kpi_helpers import Row, write_factory, write_samples
+from tests.helpers.store_builders import Row, write_factory, write_samples
 
 M1 = "plant/assembly/line-1/m1"
 M2 = "plant/assembly/line-1/m2"

@@ -14,7 +14,7 @@ import pytest
 from karkhana.config.factory import load_factory
 from services.kpi import OeeComponents, compute_machine
 from services.store import open_reader
-from tests.unit.test_kpi_helpers import Row, write_factory, write_samples
+from tests.helpers.store_builders import Row, write_factory, write_samples
 
 MACHINE = "plant/area/line/m1"
 DAY = datetime(2024, 5, 6, tzinfo=UTC)

@@ -18,7 +18,7 @@ from karkhana.config.factory import load_factory
 from services.api import ApiSettings, create_app
 from services.kpi import compute_machine, compute_ratios
 from services.store import open_reader
-from tests.unit.test_kpi_helpers import Row, write_factory, write_samples
+from tests.helpers.store_builders import Row, write_factory, write_samples
 
 TZ = ZoneInfo("Asia/Karachi")
 MACHINE = "lahore/weaving/line-1/loom-01"
@@ -142,6 +142,7 @@ def test_api_reproduces_vorne(plant: tuple[Path, Path]) -> None:
     assert item["components"]["planned_s"] == pytest.approx(25_200)
     assert item["components"]["run_s"] == pytest.approx(22_380)
     assert item["components"]["total"] == TOTAL
+    assert isinstance(item["components"]["total"], int)  # counts are whole units
     assert item["components"]["good"] == TOTAL - REJECT
     assert item["machines"] == 1
     assert item["flags"] == []

@@ -46,8 +46,8 @@ def _item(
             no_data_s=c.no_data_s,
             planned_stop_s=c.planned_stop_s,
             ideal_s=c.ideal_s,
-            total=c.total,
-            good=c.good,
+            total=_count(c.total),
+            good=_count(c.good),
             covered_s=c.covered_s,
             window_s=c.window_s,
         ),
@@ -100,3 +100,7 @@ def oee(
         _item(line, GroupBy.LINE, start, end, [components(ref) for ref in refs])
         for line, refs in selection.lines().items()
     ]
+
+
+def _count(value: float) -> int | float:
+    return int(value) if float(value).is_integer() else value

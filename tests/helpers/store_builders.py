@@ -1,7 +1,4 @@
-"""Builders shared by the KPI and API tests: a factory.yaml and a SQLite store in tmp dirs.
-
-(No tests here; the file is named so it lives with the tests that use it.)
-"""
+"""Builders shared by the KPI and API tests: a factory.yaml and a SQLite store in tmp dirs."""
 
 from __future__ import annotations
 

@@ -1,0 +1,310 @@
+"""The ``edge.yaml`` model: which PLCs and sensors an edge agent reads and where it forwards.
+
+Every model forbids unknown keys so a typo is refused instead of silently ignored. Topic
+patterns of MQTT sources are checked here, once, and compiled by ``edge.mapping``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from karkhana.config.loading import load_model
+from karkhana.models import ASSET_PATH_RE, SEGMENT_RE, SIGNAL_RE
+
+AGENT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+PLACEHOLDER_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_ANY_BRACE_RE = re.compile(r"[{}]")
+
+AgentId = Annotated[str, Field(pattern=AGENT_ID_RE.pattern, max_length=64)]
+SourceName = Annotated[str, Field(pattern=SEGMENT_RE.pattern, max_length=64)]
+AssetPathStr = Annotated[str, Field(pattern=ASSET_PATH_RE.pattern)]
+SignalName = Annotated[str, Field(pattern=SIGNAL_RE.pattern)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_broker_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme != "mqtt":
+        raise ValueError("broker URL must look like mqtt://host:port (scheme mqtt://)")
+    if not parts.hostname:
+        raise ValueError("broker URL has no host (expected mqtt://host:port)")
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        raise ValueError(f"broker URL has an invalid port: {exc}") from exc
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError("broker URL must be mqtt://host:port without a path or query")
+    return url
+
+
+def broker_host_port(url: str) -> tuple[str, int]:
+    """``mqtt://host:port`` -> (host, port); the port defaults to 1883."""
+    parts = urlsplit(url)
+    return parts.hostname or "127.0.0.1", parts.port or 1883
+
+
+class UplinkConfig(_Strict):
+    """The MQTT broker the agent forwards samples, dead letters and its status to."""
+
+    broker: str
+    client_id: str | None = None
+    username: str | None = None
+    password: str | None = None
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+
+    _url = field_validator("broker")(_check_broker_url)
+
+
+class BufferConfig(_Strict):
+    """The on-disk store-and-forward buffer (SQLite)."""
+
+    path: Path | None = None  # default ./karkhana-data/edge/{agent_id}.sqlite
+    max_batch_samples: int = Field(default=500, ge=1, le=100_000)
+    flush_interval_s: float = Field(default=0.2, gt=0, le=60)
+
+
+class OpcUaNode(_Strict):
+    node_id: str = Field(min_length=1)
+    asset: AssetPathStr
+    signal: SignalName
+    unit: str | None = None
+
+    @field_validator("node_id")
+    @classmethod
+    def _node_id_parses(cls, value: str) -> str:
+        from asyncua import ua
+
+        try:
+            ua.NodeId.from_string(value)
+        except (ValueError, ua.UaStringParsingError) as exc:
+            raise ValueError(f"not an OPC UA node id (e.g. 'ns=2;s=loom-01.Speed'): {exc}") from exc
+        return value
+
+
+class OpcUaSourceConfig(_Strict):
+    """One OPC UA server (a PLC) read through one subscription."""
+
+    type: Literal["opcua"]
+    name: SourceName
+    endpoint: str = Field(pattern=r"^opc\.tcp://[^/\s]+")
+    publishing_interval_ms: float = Field(default=100, gt=0, le=3_600_000)
+    nodes: list[OpcUaNode] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_nodes(self) -> OpcUaSourceConfig:
+        seen: set[str] = set()
+        for node in self.nodes:
+            if node.node_id in seen:
+                raise ValueError(f"node {node.node_id!r} is listed twice")
+            seen.add(node.node_id)
+        return self
+
+
+def split_topic_pattern(pattern: str) -> list[str]:
+    """Check an MQTT topic pattern and return its levels.
+
+    A level is a literal, ``+`` (any one level), ``{name}`` (one level, captured as
+    ``name``) or, as the last level only, ``#``.
+    """
+    if not pattern:
+        raise ValueError("topic pattern is empty")
+    levels = pattern.split("/")
+    names: set[str] = set()
+    for index, level in enumerate(levels):
+        if level == "":
+            raise ValueError(f"topic pattern {pattern!r} has an empty level")
+        if level == "#":
+            if index != len(levels) - 1:
+                raise ValueError(f"'#' may only be the last level of a topic ({pattern!r})")
+            continue
+        if level == "+":
+            continue
+        whole = PLACEHOLDER_RE.fullmatch(level)
+        if whole:
+            name = whole.group(1)
+            if name in names:
+                raise ValueError(f"placeholder {{{name}}} appears twice in {pattern!r}")
+            names.add(name)
+            continue
+        if _ANY_BRACE_RE.search(level):
+            raise ValueError(
+                f"level {level!r} of {pattern!r}: a placeholder must fill a whole level, "
+                "e.g. 'sensors/{machine}/temp'"
+            )
+        if "+" in level or "#" in level:
+            raise ValueError(f"level {level!r} of {pattern!r}: '+' and '#' must fill a whole level")
+    return levels
+
+
+def topic_placeholders(pattern: str) -> list[str]:
+    return [m.group(1) for m in PLACEHOLDER_RE.finditer(pattern)]
+
+
+def _fill(template: str, value: str) -> str:
+    return PLACEHOLDER_RE.sub(value, template)
+
+
+class MqttTopic(_Strict):
+    """One topic pattern of an MQTT source and how to turn its messages into samples."""
+
+    topic: str
+    asset: str
+    signal: str
+    format: Literal["json", "number", "string"] = "json"
+    value_path: str | None = "value"  # json only; null = the whole document is the value
+    ts_path: str | None = "ts"  # json only; null or missing in the payload -> receive time
+    quality_path: str | None = None  # json only
+    unit: str | None = None
+
+    @field_validator("topic")
+    @classmethod
+    def _topic_ok(cls, value: str) -> str:
+        split_topic_pattern(value)
+        return value
+
+    @field_validator("asset", "signal")
+    @classmethod
+    def _template_ok(cls, template: str, info: ValidationInfo) -> str:
+        if _ANY_BRACE_RE.search(PLACEHOLDER_RE.sub("", template)):
+            raise ValueError(f"stray '{{' or '}}' in template {template!r}")
+        topic = info.data.get("topic")
+        if topic is not None:
+            available = set(topic_placeholders(topic))
+            for name in topic_placeholders(template):
+                if name not in available:
+                    raise ValueError(f"placeholder {{{name}}} does not appear in topic {topic!r}")
+        filled = _fill(template, "x")
+        if info.field_name == "asset" and not ASSET_PATH_RE.match(filled):
+            raise ValueError(
+                f"{template!r} is not 'site/area/line/machine' once filled (lower-case "
+                "letters, digits, '-' and '_'; a placeholder fills one segment)"
+            )
+        if info.field_name == "signal" and not SIGNAL_RE.match(filled):
+            raise ValueError(
+                f"{template!r} is not a valid signal name once filled "
+                "(lower-case letter first, then letters, digits, '_', '.', '-')"
+            )
+        return template
+
+    @field_validator("value_path", "ts_path", "quality_path")
+    @classmethod
+    def _path_ok(cls, path: str | None, info: ValidationInfo) -> str | None:
+        if path is None:
+            return None
+        if info.data.get("format", "json") != "json":
+            raise ValueError("only used with format: json")
+        if any(part == "" for part in path.split(".")):
+            raise ValueError(f"{path!r} is not a dotted path such as 'data.value'")
+        return path
+
+
+class MqttSourceConfig(_Strict):
+    """Sensors publishing on an MQTT broker (by default the uplink broker)."""
+
+    type: Literal["mqtt"]
+    name: SourceName
+    broker: str | None = None  # null = the uplink broker (and its credentials)
+    topics: list[MqttTopic] = Field(min_length=1)
+
+    @field_validator("broker")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        return None if value is None else _check_broker_url(value)
+
+
+SourceConfig = OpcUaSourceConfig | MqttSourceConfig
+_SOURCE_TYPES: dict[str, type[OpcUaSourceConfig] | type[MqttSourceConfig]] = {
+    "opcua": OpcUaSourceConfig,
+    "mqtt": MqttSourceConfig,
+}
+
+
+def _validate_source(data: Any) -> SourceConfig:
+    """Pick the model by ``type`` so error paths read ``sources[0].endpoint``."""
+    if isinstance(data, OpcUaSourceConfig | MqttSourceConfig):
+        return data
+    if not isinstance(data, dict):
+        raise ValueError("a source must be a mapping with a 'type' key")
+    kind = data.get("type")
+    model = _SOURCE_TYPES.get(kind) if isinstance(kind, str) else None
+    if model is None:
+        known = ", ".join(_SOURCE_TYPES)
+        raise ValueError(f"source type must be one of {known} (got {kind!r})")
+    return model.model_validate(data)
+
+
+class EdgeConfig(_Strict):
+    """The whole ``edge.yaml``."""
+
+    agent_id: AgentId
+    uplink: UplinkConfig
+    buffer: BufferConfig = Field(default_factory=lambda: BufferConfig())
+    sources: list[Annotated[SourceConfig, PlainValidator(_validate_source)]] = Field(
+        default_factory=list
+    )
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> EdgeConfig:
+        names: set[str] = set()
+        mapped: dict[tuple[str, str], str] = {}
+        for source in self.sources:
+            if source.name in names:
+                raise ValueError(f"source name {source.name!r} is used twice")
+            names.add(source.name)
+            if isinstance(source, OpcUaSourceConfig):
+                for node in source.nodes:
+                    key = (node.asset, node.signal)
+                    if key in mapped:
+                        raise ValueError(
+                            f"{node.asset} {node.signal} is mapped twice "
+                            f"({mapped[key]} and {source.name} {node.node_id})"
+                        )
+                    mapped[key] = f"{source.name} {node.node_id}"
+        return self
+
+    @property
+    def client_id(self) -> str:
+        return self.uplink.client_id or f"karkhana-edge-{self.agent_id}"
+
+    @property
+    def buffer_path(self) -> Path:
+        """The buffer file; a relative path is relative to the current directory."""
+        path = self.buffer.path or Path("karkhana-data") / "edge" / f"{self.agent_id}.sqlite"
+        return path if path.is_absolute() else Path.cwd() / path
+
+
+def load_edge_config(path: str | Path) -> EdgeConfig:
+    """Read and validate an ``edge.yaml``; any problem raises one ``ConfigError``."""
+    return load_model(EdgeConfig, path)
+
+
+__all__ = [
+    "BufferConfig",
+    "EdgeConfig",
+    "MqttSourceConfig",
+    "MqttTopic",
+    "OpcUaNode",
+    "OpcUaSourceConfig",
+    "SourceConfig",
+    "UplinkConfig",
+    "broker_host_port",
+    "load_edge_config",
+    "split_topic_pattern",
+    "topic_placeholders",
+]
