@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from devices.config import load_simulation
 from devices.edge_config import edge_config_for
+from devices.readiness import wait_for_agent as wait_until_agent_ready
 from devices.simulator import FactorySimulator, SimSettings
 from karkhana.config.factory import FactoryConfig, load_factory
 from karkhana.errors import ConfigError, KarkhanaError
@@ -75,7 +76,11 @@ def _write_edge_config(
 
 
 async def _serve(
-    factory: FactoryConfig, settings: SimSettings, source: Path, edge_out: Path | None
+    factory: FactoryConfig,
+    settings: SimSettings,
+    source: Path,
+    edge_out: Path | None,
+    wait_for: str | None,
 ) -> None:
     task = asyncio.current_task()
     loop = asyncio.get_running_loop()
@@ -86,6 +91,11 @@ async def _serve(
         if edge_out is not None:
             _write_edge_config(factory, source, edge_out, settings.broker)
         typer.echo(sim.describe())
+        if wait_for is not None:
+            broker = settings.broker or (sim.config.broker if sim.config else None)
+            if broker is None:
+                raise ConfigError(source, "simulation.broker", "--wait-for-agent needs a broker")
+            await wait_until_agent_ready(broker, wait_for)
         await sim.run()
         typer.echo(f"simulation reached its end time {sim.now().isoformat()}")
         # Every value up to the end is written; keep the PLC servers up for a few publish
@@ -124,6 +134,13 @@ def sim(
         str | None,
         typer.Option(metavar="FLOAT", help="Publishing ticks per real second [default: 10]."),
     ] = None,
+    wait_for_agent: Annotated[
+        str | None,
+        typer.Option(
+            metavar="AGENT_ID",
+            help="Hold the clock until this edge agent reports all sources connected.",
+        ),
+    ] = None,
 ) -> None:
     """Run the simulated factory: OPC UA PLCs and MQTT sensors driven by seeded scenarios."""
     # Numbers arrive as text and are validated by SimSettings, so a bad value is reported
@@ -148,7 +165,7 @@ def sim(
     logging.getLogger("asyncua.server.server").setLevel(logging.ERROR)
     try:
         factory = load_factory(config)
-        asyncio.run(_serve(factory, settings, config, edge_config_out))
+        asyncio.run(_serve(factory, settings, config, edge_config_out, wait_for_agent))
     except ConfigError as exc:
         _fail(str(exc), 2)
     except KarkhanaError as exc:

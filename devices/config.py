@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from datetime import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from devices.scenario import ScenarioParams
-from karkhana.config.factory import FactoryConfig, MachineRef
+from karkhana.config.factory import FactoryConfig, MachineRef, parse_hhmm
 from karkhana.config.loading import validation_to_config_error
 from karkhana.errors import ConfigError
 from karkhana.models import MachineState
@@ -23,23 +23,6 @@ from karkhana.models import MachineState
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def parse_hhmm(value: Any) -> time:
-    """``"HH:MM"`` (or YAML 1.1's sexagesimal integer for an unquoted 06:00) -> time."""
-    if isinstance(value, time):
-        return value
-    if isinstance(value, int) and not isinstance(value, bool):
-        hours, minutes = divmod(value, 60)
-        if 0 <= hours < 24:
-            return time(hours, minutes)
-    if isinstance(value, str):
-        parts = value.strip().split(":")
-        if len(parts) == 2 and all(p.isdigit() for p in parts):
-            h, m = int(parts[0]), int(parts[1])
-            if 0 <= h < 24 and 0 <= m < 60:
-                return time(h, m)
-    raise ValueError("expected a local time of day as 'HH:MM' (e.g. '11:40')")
 
 
 class DailyWindow(_Strict):

@@ -8,7 +8,7 @@ import json
 import logging
 from dataclasses import dataclass, field, replace
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from edge.buffer import Buffer
 from edge.config import EdgeConfig
@@ -57,6 +57,10 @@ class _AgentSink:
     async def dead_letter(self, letter: DeadLetter) -> None:
         await self._agent._add_dead_letter(letter)
 
+    def source_state_changed(self) -> None:
+        if self._agent._uplink is not None:
+            self._agent._uplink.status_changed()
+
 
 class EdgeAgent:
     """Async context manager owning the sources, the buffer and the uplink.
@@ -99,7 +103,9 @@ class EdgeAgent:
             max_batch_samples=cfg.buffer.max_batch_samples,
             flush_interval_s=cfg.buffer.flush_interval_s,
         )
-        self._uplink = await self._stack.enter_async_context(Uplink(cfg, self._forwarder.session))
+        self._uplink = await self._stack.enter_async_context(
+            Uplink(cfg, self._forwarder.session, status_details=self._status_details)
+        )
         self._stack.push_async_callback(self._flush)
         self._stack.push_async_callback(self._stop_writer)
         self._writer = asyncio.create_task(self._write_loop(), name="edge-buffer-writer")
@@ -115,6 +121,14 @@ class EdgeAgent:
             cfg.buffer_path,
             cfg.uplink.broker,
         )
+
+    def _status_details(self) -> dict[str, Any]:
+        """Source connection states for the retained status message."""
+        sources = {s.name: s.stats.connected for s in self._sources}
+        return {
+            "ready": bool(sources) and all(sources.values()),
+            "sources": {n: "connected" if up else "disconnected" for n, up in sources.items()},
+        }
 
     async def __aexit__(
         self,

@@ -31,8 +31,11 @@ Session = Callable[[aiomqtt.Client], Coroutine[Any, Any, None]]
 OFFLINE_PUBLISH_TIMEOUT_S = 2.0
 
 
-def status_payload(state: str, agent_id: str) -> bytes:
-    return json.dumps({"state": state, "agent": agent_id, "ts": iso_utc(utc_now())}).encode()
+def status_payload(state: str, agent_id: str, details: dict[str, Any] | None = None) -> bytes:
+    body: dict[str, Any] = {"state": state, "agent": agent_id, "ts": iso_utc(utc_now())}
+    if details:
+        body.update(details)
+    return json.dumps(body).encode()
 
 
 class Uplink:
@@ -45,6 +48,7 @@ class Uplink:
         *,
         backoff_cap_s: float = 10.0,
         publish_timeout_s: float = 30.0,
+        status_details: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self._config = config
         self._session = session
@@ -57,6 +61,8 @@ class Uplink:
         self.connections = 0
         self.connect_failures = 0
         self.status_topic = edge_status(config.agent_id)
+        self._status_details = status_details
+        self._status_dirty = asyncio.Event()
 
     async def __aenter__(self) -> Self:
         self._task = asyncio.create_task(self._run(), name=f"uplink:{self._config.agent_id}")
@@ -108,12 +114,7 @@ class Uplink:
             client = self._client()
             try:
                 async with client:
-                    await client.publish(
-                        self.status_topic,
-                        status_payload("online", self._config.agent_id),
-                        qos=1,
-                        retain=True,
-                    )
+                    await self._publish_online(client)
                     self.connections += 1
                     self._backoff.reset()
                     log.info("uplink connected to %s", broker)
@@ -151,12 +152,13 @@ class Uplink:
         watch = asyncio.create_task(self._watch(client))
         session = asyncio.create_task(self._session(client))
         closing = asyncio.create_task(self._closing.wait())
+        status = asyncio.create_task(self._status_loop(client))
         try:
             done, _ = await asyncio.wait(
-                {watch, session, closing}, return_when=asyncio.FIRST_COMPLETED
+                {watch, session, closing, status}, return_when=asyncio.FIRST_COMPLETED
             )
         finally:
-            tasks: tuple[asyncio.Task[Any], ...] = (closing, watch, session)
+            tasks: tuple[asyncio.Task[Any], ...] = (closing, status, watch, session)
             for task in tasks:
                 await cancel_and_wait(task)
         if closing in done:
@@ -164,6 +166,25 @@ class Uplink:
         for task in done:
             task.result()  # re-raises the MqttError that ended the connection
         raise aiomqtt.MqttError("uplink session ended")
+
+    def status_changed(self) -> None:
+        """Republish the online status (with fresh details) on the current connection."""
+        self._status_dirty.set()
+
+    async def _publish_online(self, client: aiomqtt.Client) -> None:
+        self._status_dirty.clear()
+        details = self._status_details() if self._status_details else None
+        await client.publish(
+            self.status_topic,
+            status_payload("online", self._config.agent_id, details),
+            qos=1,
+            retain=True,
+        )
+
+    async def _status_loop(self, client: aiomqtt.Client) -> None:
+        while True:
+            await self._status_dirty.wait()
+            await self._publish_online(client)
 
     @staticmethod
     async def _watch(client: aiomqtt.Client) -> None:

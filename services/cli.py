@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import signal
 from collections.abc import Generator
 from contextlib import contextmanager
 from pathlib import Path
@@ -95,6 +97,19 @@ def run(
     }
     settings = load_settings(**overrides)
     try:
-        asyncio.run(serve(settings))
+        asyncio.run(_serve_until_signalled(settings))
     except KeyboardInterrupt:
+        logger.info("API stopped")
+
+
+async def _serve_until_signalled(settings: ApiSettings) -> None:
+    """``serve`` until SIGTERM (a service manager stopping us) or Ctrl-C; both are a clean
+    stop with exit code 0."""
+    task = asyncio.current_task()
+    if task is not None:
+        with contextlib.suppress(NotImplementedError):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        await serve(settings)
+    except asyncio.CancelledError:
         logger.info("API stopped")

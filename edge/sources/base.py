@@ -8,11 +8,11 @@ reconnects with backoff and never gives up), ``__aexit__`` cancels it. Readings 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Protocol, Self
 
-from karkhana.models import Sample
+from karkhana.models import Sample, iso_utc, utc_now
 
 DEADLETTER_PAYLOAD_MAX = 2048  # characters of a bad payload kept in its dead letter
 
@@ -25,6 +25,7 @@ class DeadLetter:
     topic: str
     reason: str
     payload: str
+    received: str = field(default_factory=lambda: iso_utc(utc_now()))
 
     @classmethod
     def from_bytes(cls, source: str, topic: str, reason: str, payload: bytes) -> DeadLetter:
@@ -38,6 +39,7 @@ class DeadLetter:
             "source": self.source,
             "topic": self.topic,
             "reason": self.reason,
+            "received": self.received,
             "payload": self.payload,
         }
 
@@ -48,6 +50,9 @@ class Sink(Protocol):
     async def put(self, sample: Sample) -> None: ...
 
     async def dead_letter(self, letter: DeadLetter) -> None: ...
+
+    def source_state_changed(self) -> None:
+        """A source connected or lost its connection (the agent republishes its status)."""
 
 
 @dataclass

@@ -78,7 +78,9 @@ class MqttSource:
                     self.stats.connect_failures += 1
                     log.warning("mqtt %s: cannot connect to %s: %s", self.name, self._broker, exc)
             finally:
-                self.stats.connected = False
+                if self.stats.connected:
+                    self.stats.connected = False
+                    self._sink.source_state_changed()
             delay = self._backoff.next_delay()
             log.info("mqtt %s: reconnecting in %.1f s", self.name, delay)
             await asyncio.sleep(delay)
@@ -103,6 +105,7 @@ class MqttSource:
             if self.stats.connections > 1:
                 self.stats.reconnects += 1
             self.stats.connected = True
+            self._sink.source_state_changed()
             self._backoff.reset()
             log.info("mqtt %s: subscribed to %s on %s", self.name, self._filters, self._broker)
             async for message in client.messages:

@@ -211,7 +211,9 @@ class OpcUaSource:
                     self.stats.connect_failures += 1
                     log.warning("opcua %s: cannot connect to %s: %r", self.name, endpoint, exc)
             finally:
-                self.stats.connected = False
+                if self.stats.connected:
+                    self.stats.connected = False
+                    self._sink.source_state_changed()
             delay = self._backoff.next_delay()
             log.info("opcua %s: reconnecting in %.1f s", self.name, delay)
             await asyncio.sleep(delay)
@@ -247,6 +249,7 @@ class OpcUaSource:
             if self.stats.connections > 1:
                 self.stats.reconnects += 1
             self.stats.connected = True
+            self._sink.source_state_changed()
             self._backoff.reset()
             log.info("opcua %s: subscribed to %d nodes at %s", self.name, len(requests), client)
             await lost.wait()

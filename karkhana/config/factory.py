@@ -25,7 +25,8 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _parse_hhmm(value: Any) -> time:
+def parse_hhmm(value: Any) -> time:
+    """``"HH:MM"`` (or YAML 1.1's sexagesimal integer for an unquoted 06:00) -> time."""
     if isinstance(value, time):
         return value
     if isinstance(value, int) and not isinstance(value, bool):
@@ -49,7 +50,7 @@ class Break(_Strict):
     start: time
     end: time
 
-    _parse = field_validator("start", "end", mode="before")(_parse_hhmm)
+    _parse = field_validator("start", "end", mode="before")(parse_hhmm)
 
 
 class Shift(_Strict):
@@ -59,7 +60,7 @@ class Shift(_Strict):
     days: list[str] = Field(default_factory=lambda: list(WEEKDAYS))
     breaks: list[Break] = Field(default_factory=list)
 
-    _parse = field_validator("start", "end", mode="before")(_parse_hhmm)
+    _parse = field_validator("start", "end", mode="before")(parse_hhmm)
 
     @field_validator("days")
     @classmethod

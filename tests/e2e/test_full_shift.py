@@ -13,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from services.api.main import ApiSettings, create_app
+from tests.e2e.truth_check import differences
 from tests.helpers.servers import Mosquitto, free_port
 
 pytestmark = pytest.mark.e2e
@@ -23,7 +24,6 @@ SHIFT_START = "2026-11-23T01:00:00Z"
 SHIFT_END = "2026-11-23T09:00:00Z"
 SPEED = 480.0  # 8 h in 60 s
 DURATION_S = 8 * 3600 / SPEED
-RATIO_TOLERANCE = 0.005  # 0.5 percentage points
 
 
 def test_full_shift_oee_matches_ground_truth(
@@ -59,30 +59,15 @@ def test_full_shift_oee_matches_ground_truth(
             params={"asset": "lahore", "from": SHIFT_START, "to": SHIFT_END, "group_by": "machine"},
         )
         assert response.status_code == 200, response.text
-        got = {item["asset"]: item for item in response.json()}
+        machines = response.json()
         lines = client.get(
             "/api/v1/kpi/oee",
             params={"asset": "lahore", "from": SHIFT_START, "to": SHIFT_END, "group_by": "line"},
         ).json()
 
-    assert set(got) == set(truth["machines"]), "every machine answers"
-    problems: list[str] = []
-    for path, expected in truth["machines"].items():
-        item = got[path]
-        comps = item["components"]
-        # The scenario must exercise the platform: every machine ran and produced.
-        assert expected["total"] > 0 and expected["run_s"] > 0, path
-        if comps["total"] != expected["total"]:
-            problems.append(f"{path}: total {comps['total']} != truth {expected['total']}")
-        if comps["good"] != expected["good"]:
-            problems.append(f"{path}: good {comps['good']} != truth {expected['good']}")
-        for ratio in ("availability", "performance", "quality", "oee"):
-            if item[ratio] is None or abs(item[ratio] - expected[ratio]) > RATIO_TOLERANCE:
-                problems.append(f"{path}: {ratio} {item[ratio]} vs truth {expected[ratio]:.4f}")
-    for line in lines:
-        expected = truth["lines"][line["asset"]]
-        if abs(line["oee"] - expected["oee"]) > RATIO_TOLERANCE:
-            problems.append(
-                f"line {line['asset']}: oee {line['oee']} vs truth {expected['oee']:.4f}"
-            )
+    for expected in truth["machines"].values():
+        # The scenario must exercise the platform: every machine ran, produced and stopped.
+        assert expected["total"] > 0 and expected["run_s"] > 0
+        assert expected["availability"] < 0.99 and expected["quality"] < 1
+    problems = differences(machines, truth, "machine") + differences(lines, truth, "line")
     assert not problems, "\n".join(problems)

@@ -94,7 +94,10 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-c", "from karkhana.cli import main; main()", "api", *args]
 
 
-def test_cli_runs_and_stops_on_sigint(factory: Path, db: Path) -> None:
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
+def test_cli_runs_and_stops_cleanly_on_a_signal(
+    factory: Path, db: Path, stop_signal: signal.Signals
+) -> None:
     port = free_port()
     proc = subprocess.Popen(
         _cli("run", "-c", str(factory), "--db", str(db), "--port", str(port)),
@@ -105,7 +108,7 @@ def test_cli_runs_and_stops_on_sigint(factory: Path, db: Path) -> None:
         wait_for_port(port, timeout=20)
         body = httpx.get(f"http://127.0.0.1:{port}/api/v1/assets").json()
         assert body["sites"][0]["areas"][0]["lines"][0]["machines"][0]["state"] == "off"
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop_signal)
         assert proc.wait(timeout=15) == 0
     finally:
         if proc.poll() is None:

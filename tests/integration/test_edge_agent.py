@@ -315,7 +315,7 @@ async def test_mqtt_sensors_are_mapped_and_bad_payloads_become_dead_letters(
         assert bad_json["reason"].startswith("bad JSON")
         assert "missing value at 'value'" in letters["sensors/dyeing/dyer-02/speed"]["reason"]
         assert "bad timestamp" in letters["sensors/dyeing/dyer-02/power"]["reason"]
-        assert set(bad_json) == {"source", "topic", "reason", "payload"}
+        assert set(bad_json) == {"source", "topic", "reason", "received", "payload"}
 
 
 async def test_clean_shutdown_flushes_the_buffer(mosquitto: Mosquitto, tmp_path: Path) -> None:
@@ -454,17 +454,38 @@ async def test_opcua_source_reconnects_and_resubscribes(
     async with plc(port=port) as p:
         await p.write("Temperature", 20.0, ua.VariantType.Double, T0)
         cfg = edge_config(mosquitto, tmp_path / "b.sqlite", [opcua_source(p, 100)])
-        async with collecting(mosquitto, EDGE_SAMPLES_FILTER) as col, EdgeAgent(cfg) as agent:
+        status = edge_status(AGENT)
+
+        def last_status() -> dict[str, Any]:
+            seen = col.on(status)
+            return seen[-1] if seen else {}
+
+        async with (
+            collecting(mosquitto, EDGE_SAMPLES_FILTER, status) as col,
+            EdgeAgent(cfg) as agent,
+        ):
             await async_wait_until(
                 lambda: (T0, 20.0) in col.samples(LOOM, "temperature"), 15, "first value"
             )
+            # The retained status says which sources are connected.
+            await async_wait_until(lambda: last_status().get("ready") is True, 10, "ready")
+            assert last_status()["sources"] == {"loom-01": "connected"}
             await p.stop()
             await async_wait_until(
                 lambda: not agent.stats.sources["loom-01"].connected, 10, "the source to go down"
             )
+            await async_wait_until(
+                lambda: last_status().get("sources") == {"loom-01": "disconnected"},
+                10,
+                "the status to show the source down",
+            )
+            assert last_status()["state"] == "online" and last_status()["ready"] is False
             async with plc(port=port) as again:
                 await async_wait_until(
                     lambda: agent.stats.sources["loom-01"].connected, 20, "the reconnect"
+                )
+                await async_wait_until(
+                    lambda: last_status().get("ready") is True, 10, "ready again"
                 )
                 later = T0 + timedelta(minutes=5)
                 await again.write("Temperature", 25.5, ua.VariantType.Double, later)
