@@ -76,4 +76,9 @@ def demo(
         start=_parse_start(start),
         live=live,
     )
-    raise typer.Exit(asyncio.run(run_demo(options)))
+    try:
+        code = asyncio.run(run_demo(options))
+    except KeyboardInterrupt:
+        typer.echo(f"demo stopped; the store and edge buffer stay in {data_dir}", err=True)
+        code = 130  # the conventional exit status after Ctrl-C
+    raise typer.Exit(code)
