@@ -52,6 +52,7 @@ lint: dev-venv
 
 bench: venv
 	$(BIN)/python benchmarks/kpi_engine.py
+	$(BIN)/python benchmarks/edge_opcua.py --quick
 
 clean:
 	rm -rf $(VENV) karkhana-data .pytest_cache .mypy_cache .ruff_cache

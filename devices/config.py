@@ -51,7 +51,7 @@ def parse_mqtt_url(url: str) -> tuple[str, int]:
 class MachineSimConfig(_Strict):
     """One simulated machine: its device and the parameters of its scenario."""
 
-    device: Literal["opcua", "mqtt"]
+    device: Literal["opcua", "mqtt", "modbus"]
     port: int | None = Field(default=None, ge=1, le=65535)
     topic_prefix: str | None = None
 
@@ -96,22 +96,23 @@ class MachineSimConfig(_Strict):
 
     @model_validator(mode="after")
     def _device_keys(self) -> MachineSimConfig:
-        if self.device == "opcua":
+        if self.device in ("opcua", "modbus"):
             if self.port is None:
-                raise ValueError("an opcua device needs a 'port'")
+                raise ValueError(f"an {self.device} device needs a 'port'")
             if self.topic_prefix is not None:
-                raise ValueError("'topic_prefix' belongs to mqtt devices, not opcua")
+                raise ValueError(f"'topic_prefix' belongs to mqtt devices, not {self.device}")
         else:
             if self.topic_prefix is None:
                 raise ValueError("an mqtt device needs a 'topic_prefix'")
             if self.port is not None:
-                raise ValueError("'port' belongs to opcua devices, not mqtt")
+                raise ValueError("'port' belongs to opcua and modbus devices, not mqtt")
         return self
 
 
 class SimulationConfig(_Strict):
     seed: int = 0
     opcua_host: str = "127.0.0.1"
+    modbus_host: str = "127.0.0.1"
     broker: str | None = None
     power_outages: list[DailyWindow] = Field(default_factory=list)
     machines: dict[str, MachineSimConfig]
@@ -167,12 +168,12 @@ def _is_int(text: str) -> bool:
 def device_state_codes(ref: MachineRef, device: str) -> dict[MachineState, int | str]:
     """The machine's state map inverted: the value its device publishes for each state.
 
-    OPC UA PLCs publish the smallest integer code of a state; MQTT sensors publish the first
-    text key (an integer code when the map has no text key for that state).
+    OPC UA and Modbus PLCs publish the smallest integer code of a state; MQTT sensors publish
+    the first text key (an integer code when the map has no text key for that state).
     """
     codes: dict[MachineState, int | str] = {}
     for key, state in ref.state_map.items():
-        if device == "opcua":
+        if device in ("opcua", "modbus"):
             if not _is_int(key):
                 continue
             current = codes.get(state)
@@ -228,7 +229,7 @@ def load_simulation(
         codes = device_state_codes(ref, entry.device)
         missing = sorted(s.value for s in states_used(entry) if s not in codes)
         if missing:
-            kind = "an integer" if entry.device == "opcua" else "a"
+            kind = "an integer" if entry.device in ("opcua", "modbus") else "a"
             raise ConfigError(
                 source,
                 f"{key}.device",

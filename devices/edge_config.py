@@ -6,8 +6,13 @@ from pathlib import Path
 from typing import Any
 
 from devices.config import load_simulation
+from devices.modbus_plc import REGISTER_MAP
 from devices.opcua_plc import VARIABLES, endpoint_url, node_id
 from karkhana.config.factory import FactoryConfig
+
+# How often the edge polls a simulated Modbus PLC: its values are stamped with the poll
+# time, so this bounds how far a state change's recorded time can lag the simulated one.
+MODBUS_POLL_INTERVAL_MS = 100
 
 
 def _source_names(paths: list[str]) -> dict[str, str]:
@@ -30,9 +35,10 @@ def edge_config_for(
 ) -> dict[str, Any]:
     """edge.yaml content reading every simulated device of ``factory``.
 
-    OPC UA machines get one source each with all eight nodes; MQTT machines share one MQTT
-    source with one topic template per machine. ``sensor_broker`` is the broker the sensors
-    publish to when it is not the uplink broker.
+    OPC UA machines get one source each with all eight nodes, Modbus machines one source each
+    with all eight registers; MQTT machines share one MQTT source with one topic template per
+    machine. ``sensor_broker`` is the broker the sensors publish to when it is not the uplink
+    broker.
     """
     sim = load_simulation(factory, source)
     refs = [r for r in factory.machines() if r.path in sim.machines]
@@ -60,6 +66,32 @@ def edge_config_for(
                     "endpoint": endpoint_url(sim.opcua_host, entry.port),
                     "publishing_interval_ms": 100,
                     "nodes": nodes,
+                }
+            )
+        elif entry.device == "modbus":
+            assert entry.port is not None
+            registers: list[dict[str, Any]] = []
+            for signal, (address, value_type, unit) in REGISTER_MAP.items():
+                register: dict[str, Any] = {
+                    "asset": ref.path,
+                    "signal": signal,
+                    "table": "holding",
+                    "address": address,
+                    "type": value_type,
+                }
+                if unit is not None:
+                    register["unit"] = unit
+                registers.append(register)
+            sources.append(
+                {
+                    "type": "modbus",
+                    "name": names[ref.path],
+                    "host": sim.modbus_host,
+                    "port": entry.port,
+                    "unit_id": 1,
+                    "poll_interval_ms": MODBUS_POLL_INTERVAL_MS,
+                    "timeout_ms": 1000,
+                    "registers": registers,
                 }
             )
         else:

@@ -26,6 +26,7 @@ from devices.config import (
     parse_mqtt_url,
     scenario_params,
 )
+from devices.modbus_plc import ModbusPlc
 from devices.mqtt_sensors import MqttHub, MqttSensorSet
 from devices.opcua_plc import OpcUaPlc, PlcGroup
 from devices.physics import Thermal, energy_kwh, measured_power_kw
@@ -152,6 +153,7 @@ class FactorySimulator:
         self._machines: list[_Machine] = []
         self._stack: AsyncExitStack | None = None
         self.endpoints: dict[str, str] = {}
+        self._modbus_plcs: list[ModbusPlc] = []
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -180,6 +182,8 @@ class FactorySimulator:
                 self._machines.append(self._build(ref, cfg, hub, plcs))
             if plcs:
                 await stack.enter_async_context(PlcGroup(plcs))
+            for modbus_plc in self._modbus_plcs:
+                await stack.enter_async_context(modbus_plc)
             # Devices show their values at the start time as soon as they are up, so a
             # reader that connects before run() starts the clock sees the right state.
             await self._publish_initial()
@@ -208,6 +212,13 @@ class FactorySimulator:
             )
             plcs.append(plc)
             device = plc
+        elif entry.device == "modbus":
+            assert entry.port is not None
+            modbus_plc = ModbusPlc(
+                ref.machine.id, cfg.modbus_host, entry.port, codes, _mode_codes(ref, self.source)
+            )
+            self._modbus_plcs.append(modbus_plc)
+            device = modbus_plc
         else:
             assert hub is not None and entry.topic_prefix is not None
             device = MqttSensorSet(hub, entry.topic_prefix, codes)
@@ -398,10 +409,13 @@ class FactorySimulator:
     def describe(self) -> str:
         """One line: devices and the simulated window."""
         plcs = [e for e in self.endpoints.values() if e.startswith("opc.tcp://")]
-        sensors = [e for e in self.endpoints.values() if not e.startswith("opc.tcp://")]
+        modbus = [e for e in self.endpoints.values() if e.startswith("modbus://")]
+        sensors = [e for e in self.endpoints.values() if e.startswith("mqtt://")]
         parts = []
         if plcs:
             parts.append(f"{len(plcs)} OPC UA PLC(s) {', '.join(plcs)}")
+        if modbus:
+            parts.append(f"{len(modbus)} Modbus PLC(s) {', '.join(modbus)}")
         if sensors:
             parts.append(f"{len(sensors)} MQTT sensor set(s) on {sensors[0].split(' ')[0]}")
         end = self.end.isoformat() if self.end is not None else "until stopped"

@@ -10,9 +10,10 @@ from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, Self
 
-from edge.buffer import Buffer
+from edge.buffer import Buffer, DropCounts
 from edge.config import EdgeConfig
 from edge.forwarder import Forwarder
+from edge.metrics import MetricsServer, lag_seconds
 from edge.sources import DeadLetter, Source, SourceStats, build_source
 from edge.tasks import cancel_and_wait
 from edge.uplink import Uplink
@@ -42,6 +43,9 @@ class EdgeStats:
     uplink_connected: bool
     uplink_connections: int
     sources: dict[str, SourceStats] = field(default_factory=dict)
+    dropped: DropCounts = field(default_factory=DropCounts)  # by the buffer bounds
+    buffer_bytes: int = 0  # payload bytes stored in the buffer
+    uplink_lag_s: float = 0.0  # age of the oldest unsent sample or message
 
 
 class _AgentSink:
@@ -83,6 +87,7 @@ class EdgeAgent:
         self._writer: asyncio.Task[None] | None = None
         self._uplink_task: asyncio.Task[None] | None = None
         self._dead_letters = 0
+        self.metrics: MetricsServer | None = None
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -96,7 +101,13 @@ class EdgeAgent:
 
     async def _start(self) -> None:
         cfg = self.config
-        self._buffer = await self._stack.enter_async_context(Buffer(cfg.buffer_path))
+        self._buffer = await self._stack.enter_async_context(
+            Buffer(
+                cfg.buffer_path,
+                max_bytes=cfg.buffer.max_bytes,
+                max_age_s=cfg.buffer.max_age_s,
+            )
+        )
         self._forwarder = Forwarder(
             self._buffer,
             cfg.agent_id,
@@ -109,6 +120,10 @@ class EdgeAgent:
         self._stack.push_async_callback(self._flush)
         self._stack.push_async_callback(self._stop_writer)
         self._writer = asyncio.create_task(self._write_loop(), name="edge-buffer-writer")
+        if cfg.metrics is not None:
+            self.metrics = await self._stack.enter_async_context(
+                MetricsServer(cfg.agent_id, lambda: self.stats, cfg.metrics.host, cfg.metrics.port)
+            )
         sink = _AgentSink(self)
         for source_config in cfg.sources:
             source = build_source(source_config, sink, cfg)
@@ -245,4 +260,7 @@ class EdgeAgent:
             uplink_connected=uplink.connected if uplink else False,
             uplink_connections=uplink.connections if uplink else 0,
             sources={s.name: replace(s.stats) for s in self._sources},
+            dropped=buffer.dropped if buffer else DropCounts(),
+            buffer_bytes=buffer.stored_bytes if buffer else 0,
+            uplink_lag_s=lag_seconds(buffer.oldest_added if buffer else None),
         )

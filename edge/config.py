@@ -21,12 +21,17 @@ from pydantic import (
     model_validator,
 )
 
+from edge.modbus_config import ModbusSourceConfig
 from karkhana.config.loading import load_model
 from karkhana.models import ASSET_PATH_RE, SEGMENT_RE, SIGNAL_RE
 
 AGENT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 PLACEHOLDER_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+MULTI_PLACEHOLDER_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\+\}")
+_ANY_PLACEHOLDER_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\+?\}")
+_ASSET_PREFIX_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*(?:/[a-z0-9][a-z0-9_-]*){0,3}$")
 _ANY_BRACE_RE = re.compile(r"[{}]")
+SPARKPLUG_PLACEHOLDERS = ("group", "edge_node", "device", "metric")
 
 AgentId = Annotated[str, Field(pattern=AGENT_ID_RE.pattern, max_length=64)]
 SourceName = Annotated[str, Field(pattern=SEGMENT_RE.pattern, max_length=64)]
@@ -77,42 +82,149 @@ class BufferConfig(_Strict):
     path: Path | None = None  # default ./karkhana-data/edge/{agent_id}.sqlite
     max_batch_samples: int = Field(default=500, ge=1, le=100_000)
     flush_interval_s: float = Field(default=0.2, gt=0, le=60)
+    # Bounds on unsent data; past them the oldest unsent data is dropped (and counted).
+    max_bytes: int = Field(default=1024**3, ge=64 * 1024)  # stored payload bytes
+    max_age_s: float = Field(default=7 * 24 * 3600.0, gt=0)
+
+
+class MetricsConfig(_Strict):
+    """Optional Prometheus ``/metrics`` endpoint of the agent."""
+
+    port: int = Field(ge=0, le=65535)  # 0 = any free port (tests)
+    host: str = "127.0.0.1"
 
 
 class OpcUaNode(_Strict):
-    node_id: str = Field(min_length=1)
+    """One variable: by ``node_id`` or by ``browse_path`` (resolved on every connect)."""
+
+    node_id: str | None = Field(default=None, min_length=1)
+    browse_path: list[str] | None = None
     asset: AssetPathStr
     signal: SignalName
     unit: str | None = None
 
     @field_validator("node_id")
     @classmethod
-    def _node_id_parses(cls, value: str) -> str:
+    def _node_id_parses(cls, value: str | None) -> str | None:
         from asyncua import ua
 
+        if value is None:
+            return None
         try:
             ua.NodeId.from_string(value)
         except (ValueError, ua.UaStringParsingError) as exc:
             raise ValueError(f"not an OPC UA node id (e.g. 'ns=2;s=loom-01.Speed'): {exc}") from exc
         return value
 
+    @field_validator("browse_path", mode="before")
+    @classmethod
+    def _split_browse_path(cls, value: Any) -> Any:
+        from edge.sources.opcua_security import parse_browse_path
+
+        if value is None:
+            return None
+        return parse_browse_path(value)
+
+    @model_validator(mode="after")
+    def _one_reference(self) -> OpcUaNode:
+        if (self.node_id is None) == (self.browse_path is None):
+            raise ValueError("give exactly one of node_id or browse_path")
+        return self
+
+    @property
+    def ref(self) -> str:
+        """``node_id``, or the browse path joined with ``/``."""
+        return self.node_id if self.node_id is not None else "/".join(self.browse_path or [])
+
+
+class OpcUaSecurity(_Strict):
+    """Secure channel settings; ``policy: None`` (the default) means no security."""
+
+    policy: Literal["None", "Basic256Sha256", "Aes128_Sha256_RsaOaep"] = "None"
+    mode: Literal["None", "Sign", "SignAndEncrypt"] = "None"
+    certificate: Path | None = None
+    private_key: Path | None = None
+    trust_dir: Path | None = None
+    trust_on_first_use: bool = False
+
+    @model_validator(mode="after")
+    def _consistent(self) -> OpcUaSecurity:
+        if (self.policy == "None") != (self.mode == "None"):
+            raise ValueError("policy and mode must both be None or both be set")
+        if self.policy == "None":
+            return self
+        for key in ("certificate", "private_key", "trust_dir"):
+            if getattr(self, key) is None:
+                raise ValueError(f"{key} is required with policy {self.policy}")
+        for key in ("certificate", "private_key"):
+            path: Path = getattr(self, key)
+            if not path.is_file():
+                raise ValueError(f"{key}: no such file {str(path)!r}")
+        assert self.trust_dir is not None
+        if not self.trust_on_first_use and not self.trust_dir.is_dir():
+            raise ValueError(f"trust_dir: no such directory {str(self.trust_dir)!r}")
+        return self
+
+
+class OpcUaAuth(_Strict):
+    """User identity: ``username`` with ``password`` or ``password_file``, or a user
+    ``certificate`` with its ``private_key``."""
+
+    username: str | None = Field(default=None, min_length=1)
+    password: str | None = None
+    password_file: Path | None = None
+    certificate: Path | None = None
+    private_key: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_identity(self) -> OpcUaAuth:
+        if self.username is not None:
+            if self.certificate is not None or self.private_key is not None:
+                raise ValueError("give username/password or certificate/private_key, not both")
+            if (self.password is None) == (self.password_file is None):
+                raise ValueError("with username give exactly one of password or password_file")
+            if self.password_file is not None and not self.password_file.is_file():
+                raise ValueError(f"password_file: no such file {str(self.password_file)!r}")
+            return self
+        if self.password is not None or self.password_file is not None:
+            raise ValueError("password given without username")
+        if self.certificate is None or self.private_key is None:
+            raise ValueError("give username and password, or certificate and private_key")
+        for key in ("certificate", "private_key"):
+            path: Path = getattr(self, key)
+            if not path.is_file():
+                raise ValueError(f"{key}: no such file {str(path)!r}")
+        return self
+
+    def resolved_password(self) -> str | None:
+        """The password, read from ``password_file`` (trailing newline removed) if given."""
+        if self.password_file is not None:
+            return self.password_file.read_text(encoding="utf-8").rstrip("\r\n")
+        return self.password
+
 
 class OpcUaSourceConfig(_Strict):
-    """One OPC UA server (a PLC) read through one subscription."""
+    """One OPC UA server (a PLC) read through one subscription (or by polling)."""
 
     type: Literal["opcua"]
     name: SourceName
     endpoint: str = Field(pattern=r"^opc\.tcp://[^/\s]+")
+    mode: Literal["subscription", "poll"] = "subscription"
     publishing_interval_ms: float = Field(default=100, gt=0, le=3_600_000)
+    poll_interval_ms: float = Field(default=1000, ge=10, le=3_600_000)
+    keepalive_ms: float = Field(default=5000, ge=200, le=600_000)
+    session_timeout_ms: float = Field(default=60_000, ge=1000, le=3_600_000)
+    security: OpcUaSecurity = Field(default_factory=lambda: OpcUaSecurity())
+    auth: OpcUaAuth | None = None
     nodes: list[OpcUaNode] = Field(min_length=1)
 
     @model_validator(mode="after")
     def _unique_nodes(self) -> OpcUaSourceConfig:
         seen: set[str] = set()
         for node in self.nodes:
-            if node.node_id in seen:
-                raise ValueError(f"node {node.node_id!r} is listed twice")
-            seen.add(node.node_id)
+            if node.ref in seen:
+                raise ValueError(f"node {node.ref!r} is listed twice")
+            seen.add(node.ref)
         return self
 
 
@@ -120,7 +232,8 @@ def split_topic_pattern(pattern: str) -> list[str]:
     """Check an MQTT topic pattern and return its levels.
 
     A level is a literal, ``+`` (any one level), ``{name}`` (one level, captured as
-    ``name``) or, as the last level only, ``#``.
+    ``name``) or, as the last level only, ``#`` or ``{name+}`` (one or more levels,
+    captured with their ``/`` as ``name``).
     """
     if not pattern:
         raise ValueError("topic pattern is empty")
@@ -135,7 +248,9 @@ def split_topic_pattern(pattern: str) -> list[str]:
             continue
         if level == "+":
             continue
-        whole = PLACEHOLDER_RE.fullmatch(level)
+        whole = PLACEHOLDER_RE.fullmatch(level) or MULTI_PLACEHOLDER_RE.fullmatch(level)
+        if whole and whole.re is MULTI_PLACEHOLDER_RE and index != len(levels) - 1:
+            raise ValueError(f"{level!r} may only be the last level of a topic ({pattern!r})")
         if whole:
             name = whole.group(1)
             if name in names:
@@ -153,7 +268,13 @@ def split_topic_pattern(pattern: str) -> list[str]:
 
 
 def topic_placeholders(pattern: str) -> list[str]:
-    return [m.group(1) for m in PLACEHOLDER_RE.finditer(pattern)]
+    """Names of the ``{name}`` and ``{name+}`` placeholders of a topic or template."""
+    return [m.group(1) for m in _ANY_PLACEHOLDER_RE.finditer(pattern)]
+
+
+def multi_level_placeholders(pattern: str) -> set[str]:
+    """Names of the ``{name+}`` placeholders of a topic pattern."""
+    return {m.group(1) for m in MULTI_PLACEHOLDER_RE.finditer(pattern)}
 
 
 def _fill(template: str, value: str) -> str:
@@ -164,18 +285,40 @@ class MqttTopic(_Strict):
     """One topic pattern of an MQTT source and how to turn its messages into samples."""
 
     topic: str
+    format: Literal["json", "number", "string", "sparkplug_b"] = "json"
     asset: str
     signal: str
-    format: Literal["json", "number", "string"] = "json"
     value_path: str | None = "value"  # json only; null = the whole document is the value
     ts_path: str | None = "ts"  # json only; null or missing in the payload -> receive time
     quality_path: str | None = None  # json only
     unit: str | None = None
+    # sparkplug_b only: explicit metric name -> signal, the rule for the other metrics
+    metrics: dict[str, SignalName] | None = None
+    metric_rule: Literal["underscore", "dot", "exact"] = "underscore"
+    unmapped_metrics: Literal["rule", "ignore"] = "rule"
 
     @field_validator("topic")
     @classmethod
     def _topic_ok(cls, value: str) -> str:
         split_topic_pattern(value)
+        return value
+
+    @field_validator("format")
+    @classmethod
+    def _format_fits_topic(cls, value: str, info: ValidationInfo) -> str:
+        topic = info.data.get("topic")
+        if value == "sparkplug_b" and topic is not None and topic.split("/")[0] != "spBv1.0":
+            raise ValueError(
+                f"sparkplug_b needs a topic starting with 'spBv1.0/' (got {topic!r}), "
+                "e.g. 'spBv1.0/{group}/#'"
+            )
+        return value
+
+    @field_validator("metrics", "metric_rule", "unmapped_metrics")
+    @classmethod
+    def _sparkplug_only(cls, value: Any, info: ValidationInfo) -> Any:
+        if info.data.get("format", "json") != "sparkplug_b":
+            raise ValueError("only used with format: sparkplug_b")
         return value
 
     @field_validator("asset", "signal")
@@ -184,13 +327,26 @@ class MqttTopic(_Strict):
         if _ANY_BRACE_RE.search(PLACEHOLDER_RE.sub("", template)):
             raise ValueError(f"stray '{{' or '}}' in template {template!r}")
         topic = info.data.get("topic")
-        if topic is not None:
+        if info.data.get("format") == "sparkplug_b":
+            for name in topic_placeholders(template):
+                if name not in SPARKPLUG_PLACEHOLDERS:
+                    known = ", ".join(f"{{{n}}}" for n in SPARKPLUG_PLACEHOLDERS)
+                    raise ValueError(f"placeholder {{{name}}} is not one of {known}")
+        elif topic is not None:
             available = set(topic_placeholders(topic))
             for name in topic_placeholders(template):
                 if name not in available:
                     raise ValueError(f"placeholder {{{name}}} does not appear in topic {topic!r}")
         filled = _fill(template, "x")
-        if info.field_name == "asset" and not ASSET_PATH_RE.match(filled):
+        multi = multi_level_placeholders(topic or "") & set(topic_placeholders(template))
+        if info.field_name == "asset" and multi:
+            # a {name+} capture fills one or more segments: checked per message
+            if not _ASSET_PREFIX_RE.match(filled):
+                raise ValueError(
+                    f"{template!r} cannot become 'site/area/line/machine' (at most four "
+                    "segments of lower-case letters, digits, '-' and '_')"
+                )
+        elif info.field_name == "asset" and not ASSET_PATH_RE.match(filled):
             raise ValueError(
                 f"{template!r} is not 'site/area/line/machine' once filled (lower-case "
                 "letters, digits, '-' and '_'; a placeholder fills one segment)"
@@ -228,16 +384,19 @@ class MqttSourceConfig(_Strict):
         return None if value is None else _check_broker_url(value)
 
 
-SourceConfig = OpcUaSourceConfig | MqttSourceConfig
-_SOURCE_TYPES: dict[str, type[OpcUaSourceConfig] | type[MqttSourceConfig]] = {
+SourceConfig = OpcUaSourceConfig | MqttSourceConfig | ModbusSourceConfig
+_SOURCE_TYPES: dict[
+    str, type[OpcUaSourceConfig] | type[MqttSourceConfig] | type[ModbusSourceConfig]
+] = {
     "opcua": OpcUaSourceConfig,
     "mqtt": MqttSourceConfig,
+    "modbus": ModbusSourceConfig,
 }
 
 
 def _validate_source(data: Any) -> SourceConfig:
     """Pick the model by ``type`` so error paths read ``sources[0].endpoint``."""
-    if isinstance(data, OpcUaSourceConfig | MqttSourceConfig):
+    if isinstance(data, OpcUaSourceConfig | MqttSourceConfig | ModbusSourceConfig):
         return data
     if not isinstance(data, dict):
         raise ValueError("a source must be a mapping with a 'type' key")
@@ -255,6 +414,7 @@ class EdgeConfig(_Strict):
     agent_id: AgentId
     uplink: UplinkConfig
     buffer: BufferConfig = Field(default_factory=lambda: BufferConfig())
+    metrics: MetricsConfig | None = None
     sources: list[Annotated[SourceConfig, PlainValidator(_validate_source)]] = Field(
         default_factory=list
     )
@@ -273,9 +433,18 @@ class EdgeConfig(_Strict):
                     if key in mapped:
                         raise ValueError(
                             f"{node.asset} {node.signal} is mapped twice "
-                            f"({mapped[key]} and {source.name} {node.node_id})"
+                            f"({mapped[key]} and {source.name} {node.ref})"
                         )
-                    mapped[key] = f"{source.name} {node.node_id}"
+                    mapped[key] = f"{source.name} {node.ref}"
+            if isinstance(source, ModbusSourceConfig):
+                for reg in source.registers:
+                    key = (reg.asset, reg.signal)
+                    where = f"{source.name} {reg.table} {reg.address}"
+                    if key in mapped:
+                        raise ValueError(
+                            f"{reg.asset} {reg.signal} is mapped twice ({mapped[key]} and {where})"
+                        )
+                    mapped[key] = where
         return self
 
     @property
@@ -297,9 +466,13 @@ def load_edge_config(path: str | Path) -> EdgeConfig:
 __all__ = [
     "BufferConfig",
     "EdgeConfig",
+    "MetricsConfig",
+    "ModbusSourceConfig",
     "MqttSourceConfig",
     "MqttTopic",
+    "OpcUaAuth",
     "OpcUaNode",
+    "OpcUaSecurity",
     "OpcUaSourceConfig",
     "SourceConfig",
     "UplinkConfig",

@@ -5,7 +5,10 @@ so whatever was not acknowledged before a disconnect or a restart is re-sent fir
 byte. At most ``max_in_flight`` messages await their PUBACK at once; they are handed to the
 MQTT client in outbox order, and a row is deleted only after its PUBACK. New envelopes are
 sealed only when the outbox has nothing left to send, so during an outage samples stay in
-the buffer and go out in full batches once the broker is back.
+the buffer and go out in full batches once the broker is back. A backlog drains with
+``max_in_flight`` envelopes awaiting PUBACK at once, and samples read meanwhile queue behind
+it in arrival order, so the agent's envelopes stay seq-ordered. Rows handed to the client are
+leased in the buffer (its bounds never drop them) until acknowledged or the session ends.
 """
 
 from __future__ import annotations
@@ -100,6 +103,7 @@ class Forwarder:
         cursor = 0  # highest outbox id handed to the client in this session
         in_flight: set[asyncio.Task[None]] = set()
         failure: asyncio.Future[None] = loop.create_future()
+        self._buffer.release_leases()  # anything left from a previous session is not in flight
 
         def finished(task: asyncio.Task[None]) -> None:
             in_flight.discard(task)
@@ -139,6 +143,7 @@ class Forwarder:
             for task in in_flight:
                 task.cancel()
             await asyncio.gather(*in_flight, return_exceptions=True)
+            self._buffer.release_leases()
             if failure.done() and not failure.cancelled():
                 failure.exception()  # mark retrieved; the caller sees the session end
 

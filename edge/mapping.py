@@ -11,12 +11,12 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
 
-from edge.config import PLACEHOLDER_RE, MqttTopic, split_topic_pattern
+from edge.config import MULTI_PLACEHOLDER_RE, PLACEHOLDER_RE, MqttTopic, split_topic_pattern
 from karkhana.models import ASSET_PATH_RE, SIGNAL_RE, Quality, Sample, SampleValue
 
 _json_decoder = msgspec.json.Decoder()
@@ -27,10 +27,16 @@ class PayloadError(ValueError):
 
 
 def topic_filter(pattern: str) -> str:
-    """``sensors/{machine}/temp`` -> ``sensors/+/temp``."""
-    return "/".join(
-        "+" if PLACEHOLDER_RE.fullmatch(level) else level for level in split_topic_pattern(pattern)
-    )
+    """``sensors/{machine}/temp`` -> ``sensors/+/temp``; ``plant/{path+}`` -> ``plant/#``."""
+    levels = []
+    for level in split_topic_pattern(pattern):
+        if PLACEHOLDER_RE.fullmatch(level):
+            levels.append("+")
+        elif MULTI_PLACEHOLDER_RE.fullmatch(level):
+            levels.append("#")
+        else:
+            levels.append(level)
+    return "/".join(levels)
 
 
 def topic_regex(pattern: str) -> re.Pattern[str]:
@@ -40,8 +46,11 @@ def topic_regex(pattern: str) -> re.Pattern[str]:
     tail = ""
     for level in levels:
         placeholder = PLACEHOLDER_RE.fullmatch(level)
+        multi = MULTI_PLACEHOLDER_RE.fullmatch(level)
         if placeholder:
             parts.append(f"(?P<{placeholder.group(1)}>[^/]+)")
+        elif multi:
+            parts.append(f"(?P<{multi.group(1)}>[^/]+(?:/[^/]+)*)")
         elif level == "+":
             parts.append("[^/]+")
         elif level == "#":
@@ -61,9 +70,30 @@ def _lookup(document: Any, path: str) -> Any:
     return node
 
 
+EPOCH_MS_THRESHOLD = 1e11  # epoch numbers at or above this are milliseconds (1973 in ms)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def parse_epoch(value: float) -> datetime:
+    """Epoch seconds, or epoch milliseconds when ``abs(value) >= 1e11``, as UTC."""
+    if not math.isfinite(value):
+        raise PayloadError(f"timestamp {value!r} is not a finite number")
+    seconds = value / 1000 if abs(value) >= EPOCH_MS_THRESHOLD else value
+    try:
+        return _EPOCH + timedelta(seconds=seconds)
+    except OverflowError as exc:
+        raise PayloadError(f"timestamp {value!r} is out of range") from exc
+
+
 def parse_timestamp(value: Any) -> datetime:
+    """An ISO 8601 string with a timezone, or epoch seconds/milliseconds (a number)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return parse_epoch(value)
     if not isinstance(value, str):
-        raise PayloadError(f"timestamp must be an ISO 8601 string (got {type(value).__name__})")
+        raise PayloadError(
+            "timestamp must be an ISO 8601 string or epoch seconds/milliseconds "
+            f"(got {type(value).__name__})"
+        )
     try:
         ts = datetime.fromisoformat(value)
     except ValueError as exc:

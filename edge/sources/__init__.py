@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from edge.config import EdgeConfig, MqttSourceConfig, OpcUaSourceConfig, SourceConfig
+from edge.modbus_config import ModbusSourceConfig
 from edge.sources.base import Backoff, DeadLetter, Sink, Source, SourceStats
 
 
@@ -25,6 +26,10 @@ def build_source(config: SourceConfig, sink: Sink, edge: EdgeConfig) -> Source:
             password=None if own_broker else edge.uplink.password,
             keepalive_s=edge.uplink.keepalive_s,
         )
+    if isinstance(config, ModbusSourceConfig):
+        from edge.sources.modbus import ModbusSource
+
+        return ModbusSource(config, sink)
     raise TypeError(f"no adapter for source type {type(config).__name__}")
 
 

@@ -1,13 +1,16 @@
 """MQTT sensor source: subscribe to topic patterns, map each message onto a sample.
 
 Messages that cannot be parsed are never dropped silently: they are logged, counted and
-handed to the sink as dead letters (forwarded on ``karkhana/v1/deadletter``).
+handed to the sink as dead letters (forwarded on ``karkhana/v1/deadletter``). Topics with
+``format: sparkplug_b`` go through an :class:`edge.sparkplug.SparkplugHost`, whose rebirth
+requests are published on the same connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
@@ -16,12 +19,20 @@ import aiomqtt
 from edge.config import MqttSourceConfig, broker_host_port
 from edge.mapping import PayloadError, TopicMapping, first_match
 from edge.sources.base import Backoff, DeadLetter, Sink, SourceStats
+from edge.sparkplug import SparkplugError, SparkplugHost
 from edge.tasks import cancel_and_wait
 from karkhana.models import utc_now
 
 log = logging.getLogger(__name__)
 
 INCOMING_QUEUE_SIZE = 10_000
+
+
+@dataclass
+class MqttSourceStats(SourceStats):
+    """SourceStats plus the Sparkplug B rebirth requests this source published."""
+
+    rebirth_requests: int = 0
 
 
 class MqttSource:
@@ -40,7 +51,8 @@ class MqttSource:
         backoff_cap_s: float = 10.0,
     ) -> None:
         self.name = config.name
-        self.stats = SourceStats()
+        self._stats = MqttSourceStats()
+        self.stats: SourceStats = self._stats
         self._config = config
         self._sink = sink
         self._broker = broker
@@ -51,6 +63,10 @@ class MqttSource:
         self._backoff = Backoff(cap=backoff_cap_s)
         self._mappings = [TopicMapping.compile(t) for t in config.topics]
         self._filters = list(dict.fromkeys(m.filter for m in self._mappings))
+        self._sparkplug = {
+            id(m): SparkplugHost(m.spec) for m in self._mappings if m.spec.format == "sparkplug_b"
+        }
+        self._client: aiomqtt.Client | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Self:
@@ -108,8 +124,12 @@ class MqttSource:
             self._sink.source_state_changed()
             self._backoff.reset()
             log.info("mqtt %s: subscribed to %s on %s", self.name, self._filters, self._broker)
-            async for message in client.messages:
-                await self.handle(message.topic.value, message.payload)
+            self._client = client
+            try:
+                async for message in client.messages:
+                    await self.handle(message.topic.value, message.payload)
+            finally:
+                self._client = None
 
     async def handle(self, topic: str, payload: object) -> None:
         """Map one message onto a sample, or report it as a dead letter."""
@@ -119,6 +139,10 @@ class MqttSource:
             await self._reject(topic, "topic matches no configured pattern", raw)
             return
         mapping, groups = found
+        host = self._sparkplug.get(id(mapping))
+        if host is not None:
+            await self._handle_sparkplug(host, topic, raw)
+            return
         try:
             sample = mapping.to_sample(groups, raw, utc_now())
         except PayloadError as exc:
@@ -126,6 +150,43 @@ class MqttSource:
             return
         await self._sink.put(sample)
         self.stats.samples_read += 1
+
+    async def _handle_sparkplug(self, host: SparkplugHost, topic: str, raw: bytes) -> None:
+        try:
+            result = host.handle(topic, raw, utc_now())
+        except SparkplugError as exc:
+            await self._reject(topic, str(exc), raw)
+            return
+        if result.rebirth is not None:
+            await self._publish_rebirth(result.rebirth.topic, result.rebirth.payload, topic)
+            log.warning(
+                "mqtt %s: %s on %s; rebirth requested on %s",
+                self.name,
+                result.rebirth.reason,
+                topic,
+                result.rebirth.topic,
+            )
+        for sample in result.samples:
+            await self._sink.put(sample)
+        self.stats.samples_read += len(result.samples)
+        if result.errors:
+            shown = "; ".join(result.errors[:5])
+            more = len(result.errors) - 5
+            reason = shown + (f"; and {more} more" if more > 0 else "")
+            await self._reject(topic, reason, raw)
+
+    async def _publish_rebirth(self, ncmd_topic: str, payload: bytes, cause: str) -> None:
+        self._stats.rebirth_requests += 1
+        client = self._client
+        if client is None:
+            log.warning("mqtt %s: not connected, rebirth request for %s not sent", self.name, cause)
+            return
+        try:
+            await client.publish(ncmd_topic, payload, qos=0)
+        except aiomqtt.MqttError as exc:
+            log.warning(
+                "mqtt %s: cannot publish rebirth request %s: %s", self.name, ncmd_topic, exc
+            )
 
     async def _reject(self, topic: str, reason: str, payload: bytes) -> None:
         self.stats.parse_errors += 1

@@ -1,16 +1,19 @@
-"""OPC UA source: one asyncua client and one subscription per PLC.
+"""OPC UA source: one asyncua client and one subscription (or poll loop) per PLC.
 
 Every configured node is a monitored item with a large server-side queue, so several value
 changes between two publish cycles all arrive, in order, each with its own SourceTimestamp.
 Notifications go through a bounded in-memory queue to the sink. A lost connection is logged,
-the source is marked down and the client reconnects with exponential backoff, re-creating
-the subscription.
+the source is marked down and the client reconnects with exponential backoff (capped at the
+keep-alive), resolving browse paths again and re-creating the subscription. A reading whose
+(asset, signal, ts) was already forwarded — the current value the server reports again after
+a reconnect, or an unchanged value read again by polling — is not forwarded twice.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
@@ -20,6 +23,12 @@ from asyncua.common.subscription import DataChangeNotif
 
 from edge.config import OpcUaNode, OpcUaSourceConfig
 from edge.sources.base import Backoff, Sink, SourceStats
+from edge.sources.opcua_security import (
+    ClientOptions,
+    SecurityRejected,
+    build_client,
+    resolve_browse_path,
+)
 from edge.tasks import cancel_and_wait
 from karkhana.errors import ConnectionFailed
 from karkhana.models import Quality, Sample, SampleValue, utc_now
@@ -118,10 +127,10 @@ class OpcUaSource:
         self.stats = SourceStats()
         self._config = config
         self._sink = sink
-        self._backoff = Backoff(cap=backoff_cap_s)
-        self._nodes: dict[ua.NodeId, OpcUaNode] = {
-            ua.NodeId.from_string(n.node_id): n for n in config.nodes
-        }
+        self._backoff = Backoff(cap=min(backoff_cap_s, config.keepalive_ms / 1000))
+        self._nodes: dict[ua.NodeId, OpcUaNode] = {}  # resolved on every connect
+        self._last_ts: dict[str, datetime] = {}  # node ref -> ts of the last forwarded sample
+        self.last_error: str | None = None  # why the last connection attempt failed
         self._queue: asyncio.Queue[Sample] = asyncio.Queue(maxsize=queue_size)
         self._tasks: list[asyncio.Task[None]] = []
         self._warned_full = False
@@ -161,16 +170,23 @@ class OpcUaSource:
         if mapping is None:
             log.warning("opcua %s: notification for unknown node %s", self.name, node.nodeid)
             return
-        sample = datavalue_to_sample(data.monitored_item.Value, mapping, utc_now())
+        self._on_value(mapping, data.monitored_item.Value)
+
+    def _on_value(self, mapping: OpcUaNode, dv: ua.DataValue) -> None:
+        sample = datavalue_to_sample(dv, mapping, utc_now())
         if sample is None:
             self.stats.parse_errors += 1
             log.warning(
                 "opcua %s: %s has no value (status %s); not forwarded",
                 self.name,
-                mapping.node_id,
-                data.monitored_item.Value.StatusCode,
+                mapping.ref,
+                dv.StatusCode,
             )
             return
+        if self._last_ts.get(mapping.ref) == sample.ts:
+            log.debug("opcua %s: %s at %s already forwarded", self.name, mapping.ref, sample.ts)
+            return
+        self._last_ts[mapping.ref] = sample.ts
         try:
             self._queue.put_nowait(sample)
         except asyncio.QueueFull:
@@ -204,7 +220,12 @@ class OpcUaSource:
                 await self._session()
             except asyncio.CancelledError:
                 raise
+            except SecurityRejected as exc:
+                self.stats.connect_failures += 1
+                self.last_error = str(exc)
+                log.error("opcua %s: %s", self.name, exc)
             except Exception as exc:  # the library raises many types; all mean "retry"
+                self.last_error = f"{type(exc).__name__}: {exc}"
                 if self.stats.connected:
                     log.warning("opcua %s: connection to %s lost: %s", self.name, endpoint, exc)
                 else:
@@ -218,8 +239,44 @@ class OpcUaSource:
             log.info("opcua %s: reconnecting in %.1f s", self.name, delay)
             await asyncio.sleep(delay)
 
+    def _client_options(self) -> ClientOptions:
+        cfg = self._config
+        return ClientOptions(
+            endpoint=cfg.endpoint,
+            security=cfg.security,
+            auth=cfg.auth,
+            timeout_s=CONNECT_TIMEOUT_S,
+            keepalive_s=cfg.keepalive_ms / 1000,
+            session_timeout_ms=cfg.session_timeout_ms,
+        )
+
+    async def _resolve_nodes(self, client: Client) -> dict[ua.NodeId, OpcUaNode]:
+        nodes: dict[ua.NodeId, OpcUaNode] = {}
+        for node in self._config.nodes:
+            if node.node_id is not None:
+                nodes[ua.NodeId.from_string(node.node_id)] = node
+            else:
+                assert node.browse_path is not None
+                resolved = await resolve_browse_path(client, node.browse_path)
+                nodes[resolved.nodeid] = node
+        return nodes
+
+    def _subscription_parameters(self) -> ua.CreateSubscriptionParameters:
+        """Publishing interval as configured; a keep-alive message at least every
+        ``keepalive_ms``; the server keeps the subscription for three keep-alives."""
+        cfg = self._config
+        keepalive_count = max(1, math.floor(cfg.keepalive_ms / cfg.publishing_interval_ms))
+        params = ua.CreateSubscriptionParameters()
+        params.RequestedPublishingInterval = cfg.publishing_interval_ms
+        params.RequestedMaxKeepAliveCount = keepalive_count
+        params.RequestedLifetimeCount = keepalive_count * 3
+        params.MaxNotificationsPerPublish = 0
+        params.PublishingEnabled = True
+        params.Priority = 0
+        return params
+
     async def _session(self) -> None:
-        client = Client(url=self._config.endpoint, timeout=CONNECT_TIMEOUT_S)
+        client = await build_client(self._client_options())
         lost = asyncio.Event()
 
         async def on_lost(exc: Exception) -> None:
@@ -229,33 +286,72 @@ class OpcUaSource:
         client.connection_lost_callback = on_lost
         await client.connect()
         try:
-            subscription = await client.create_subscription(
-                self._config.publishing_interval_ms, _Handler(self)
-            )
-            requests = [
-                monitored_item_request(node_id, handle)
-                for handle, node_id in enumerate(self._nodes, start=1)
-            ]
-            results = await subscription.create_monitored_items(requests)
-            for node_id, result in zip(self._nodes, results, strict=True):
-                if isinstance(result, ua.StatusCode):
-                    log.error(
-                        "opcua %s: cannot monitor %s: %s",
-                        self.name,
-                        self._nodes[node_id].node_id,
-                        result.name,
-                    )
+            self._nodes = await self._resolve_nodes(client)
+            poller: asyncio.Task[None] | None = None
+            if self._config.mode == "subscription":
+                await self._subscribe(client)
+            else:
+                poller = asyncio.create_task(
+                    self._poll(client, lost), name=f"opcua-poll:{self.name}"
+                )
             self.stats.connections += 1
             if self.stats.connections > 1:
                 self.stats.reconnects += 1
             self.stats.connected = True
+            self.last_error = None
             self._sink.source_state_changed()
             self._backoff.reset()
-            log.info("opcua %s: subscribed to %d nodes at %s", self.name, len(requests), client)
-            await lost.wait()
+            log.info(
+                "opcua %s: reading %d nodes at %s (%s)",
+                self.name,
+                len(self._nodes),
+                self._config.endpoint,
+                self._config.mode,
+            )
+            try:
+                await lost.wait()
+            finally:
+                if poller is not None and not poller.done():
+                    await cancel_and_wait(poller)
+            if poller is not None and poller.done() and not poller.cancelled():
+                error = poller.exception()
+                if error is not None:
+                    raise ConnectionFailed(f"reading {self._config.endpoint}: {error}") from error
             raise ConnectionFailed(f"connection to {self._config.endpoint} lost")
         finally:
             try:
                 await asyncio.wait_for(client.disconnect(), timeout=2)
             except Exception as exc:  # closing a dead connection fails in many ways
                 log.debug("opcua %s: disconnect: %r", self.name, exc)
+
+    async def _subscribe(self, client: Client) -> None:
+        subscription = await client.create_subscription(
+            self._subscription_parameters(), _Handler(self)
+        )
+        requests = [
+            monitored_item_request(node_id, handle)
+            for handle, node_id in enumerate(self._nodes, start=1)
+        ]
+        results = await subscription.create_monitored_items(requests)
+        for node_id, result in zip(self._nodes, results, strict=True):
+            if isinstance(result, ua.StatusCode):
+                log.error(
+                    "opcua %s: cannot monitor %s: %s",
+                    self.name,
+                    self._nodes[node_id].ref,
+                    result.name,
+                )
+
+    async def _poll(self, client: Client, lost: asyncio.Event) -> None:
+        """Read every node each ``poll_interval_ms``; a failed read ends the session."""
+        nodes = [client.get_node(node_id) for node_id in self._nodes]
+        mappings = list(self._nodes.values())
+        interval = self._config.poll_interval_ms / 1000
+        try:
+            while True:
+                values = await client.read_attributes(nodes, ua.AttributeIds.Value)
+                for mapping, dv in zip(mappings, values, strict=True):
+                    self._on_value(mapping, dv)
+                await asyncio.sleep(interval)
+        finally:
+            lost.set()

@@ -149,7 +149,7 @@ def test_example_edge_yaml_is_valid() -> None:
         (broken(uplink={"broker": "tcp://127.0.0.1:1883"}), "uplink.broker", "mqtt://"),
         (broken(sources__1__broker="mqtt://:1883"), "sources[1].broker", "no host"),
         (broken(agent_id="Lahore Edge"), "agent_id", "pattern"),
-        (broken(sources__0__type="modbus"), "sources[0]", "opcua, mqtt"),
+        (broken(sources__0__type="profinet"), "sources[0]", "opcua, mqtt"),
         (
             broken(sources__0__nodes__0__asset="lahore/weaving/loom-01"),
             "sources[0].nodes[0].asset",

@@ -57,7 +57,7 @@ def test_example_is_valid_with_defaults() -> None:
             "needs a 'port'",
         ),
         (
-            lambda s: s["machines"][LOOM1].update(device="modbus"),
+            lambda s: s["machines"][LOOM1].update(device="profinet"),
             f"simulation.machines.{LOOM1}.device",
             "opcua",
         ),

@@ -1,0 +1,197 @@
+"""Prometheus ``/metrics`` for the edge agent: its own registry, an asyncio HTTP endpoint.
+
+Values are read from :attr:`edge.agent.EdgeAgent.stats` at scrape time, so nothing on the hot
+path touches a metric. Names start with ``karkhana_edge_``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from types import TracebackType
+from typing import TYPE_CHECKING, Self
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from edge.tasks import cancel_and_wait
+
+if TYPE_CHECKING:
+    from edge.agent import EdgeStats
+
+log = logging.getLogger(__name__)
+
+REQUEST_TIMEOUT_S = 5.0
+_MAX_HEADER_BYTES = 16 * 1024
+
+
+class EdgeCollector(Collector):
+    """Turns one :class:`EdgeStats` snapshot per scrape into metric families."""
+
+    def __init__(self, agent_id: str, stats: Callable[[], EdgeStats]) -> None:
+        self._agent = agent_id
+        self._stats = stats
+
+    def collect(self) -> Iterable[Metric]:
+        return list(self._families(self._stats()))
+
+    def _families(self, s: EdgeStats) -> Iterator[Metric]:
+        a = self._agent
+
+        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+            family = CounterMetricFamily(f"karkhana_edge_{name}", doc, labels=["agent"])
+            family.add_metric([a], value)
+            return family
+
+        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+            family = GaugeMetricFamily(f"karkhana_edge_{name}", doc, labels=["agent"])
+            family.add_metric([a], value)
+            return family
+
+        read = CounterMetricFamily(
+            "karkhana_edge_samples_read", "Samples read from sources", labels=["agent", "source"]
+        )
+        reconnects = CounterMetricFamily(
+            "karkhana_edge_source_reconnects",
+            "Reconnections of a source after a lost connection",
+            labels=["agent", "source"],
+        )
+        connected = GaugeMetricFamily(
+            "karkhana_edge_source_connected",
+            "1 while the source is connected",
+            labels=["agent", "source"],
+        )
+        for name, src in s.sources.items():
+            read.add_metric([a, name], src.samples_read)
+            reconnects.add_metric([a, name], src.reconnects)
+            connected.add_metric([a, name], 1.0 if src.connected else 0.0)
+        yield read
+        yield reconnects
+        yield connected
+        yield counter(
+            "samples_published", "Samples acknowledged by the broker", s.samples_published
+        )
+        yield counter(
+            "envelopes_published", "Envelopes acknowledged by the broker", s.envelopes_published
+        )
+        yield counter("dead_letters", "Messages that could not become samples", s.dead_letters)
+        yield counter("parse_errors", "Source payloads that failed to parse", s.parse_errors)
+        yield gauge(
+            "samples_buffered", "Samples on disk, not yet in an envelope", s.samples_buffered
+        )
+        yield gauge(
+            "samples_pending",
+            "Samples not yet acknowledged (loose or in envelopes)",
+            s.samples_pending,
+        )
+        yield gauge(
+            "outbox_pending", "Envelopes and dead letters awaiting PUBACK", s.outbox_pending
+        )
+        yield gauge("buffer_bytes", "Payload bytes stored in the buffer", s.buffer_bytes)
+        yield gauge(
+            "uplink_connected", "1 while connected to the uplink broker", float(s.uplink_connected)
+        )
+        yield gauge(
+            "uplink_lag_seconds",
+            "Age of the oldest unsent sample or message (0 when nothing is pending)",
+            s.uplink_lag_s,
+        )
+        dropped = CounterMetricFamily(
+            "karkhana_edge_dropped",
+            "Unsent data dropped by the buffer bounds (reason size or age)",
+            labels=["agent", "kind", "reason"],
+        )
+        d = s.dropped
+        for kind, reason, value in (
+            ("samples", "size", d.samples_size),
+            ("samples", "age", d.samples_age),
+            ("envelopes", "size", d.envelopes_size),
+            ("envelopes", "age", d.envelopes_age),
+            ("dead_letters", "size", d.letters_size),
+            ("dead_letters", "age", d.letters_age),
+        ):
+            dropped.add_metric([a, kind, reason], value)
+        yield dropped
+
+
+def lag_seconds(oldest_added: float | None, now: float | None = None) -> float:
+    """Age of the oldest unsent row (wall clock), 0.0 when nothing is pending."""
+    if oldest_added is None:
+        return 0.0
+    return max(0.0, (time.time() if now is None else now) - oldest_added)
+
+
+class MetricsServer:
+    """Serves ``GET /metrics`` from its own registry (async context manager)."""
+
+    def __init__(self, agent_id: str, stats: Callable[[], EdgeStats], host: str, port: int) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(EdgeCollector(agent_id, stats))
+        self._host = host
+        self._port = port
+        self._server: asyncio.Server | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
+        self.port = port  # the bound port once started (``port: 0`` picks a free one)
+
+    async def __aenter__(self) -> Self:
+        self._server = await asyncio.start_server(self._handle, self._host, self._port)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        log.info("metrics on http://%s:%d/metrics", self._host, self.port)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+            for task in list(self._handlers):
+                await cancel_and_wait(task)
+            await server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
+        try:
+            async with asyncio.timeout(REQUEST_TIMEOUT_S):
+                head = await reader.readuntil(b"\r\n\r\n")
+            if len(head) > _MAX_HEADER_BYTES:
+                raise ValueError("request header too large")
+            method, _, rest = head.split(b"\r\n", 1)[0].decode("latin-1").partition(" ")
+            path = rest.split(" ", 1)[0].split("?", 1)[0]
+            if method != "GET":
+                await _respond(writer, 405, b"method not allowed\n", "text/plain")
+            elif path != "/metrics":
+                await _respond(writer, 404, b"try /metrics\n", "text/plain")
+            else:
+                body = generate_latest(self.registry)
+                await _respond(writer, 200, body, CONTENT_TYPE_LATEST)
+        except (
+            TimeoutError,
+            ValueError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+        ) as exc:
+            log.debug("metrics: bad request: %r", exc)
+        except ConnectionError as exc:
+            log.debug("metrics: client went away: %r", exc)
+        finally:
+            writer.close()
+
+
+async def _respond(writer: asyncio.StreamWriter, status: int, body: bytes, ctype: str) -> None:
+    reason = {200: "OK", 404: "Not Found", 405: "Method Not Allowed"}[status]
+    writer.write(
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode("latin-1")
+        + body
+    )
+    await writer.drain()
