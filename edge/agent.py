@@ -57,6 +57,7 @@ class _AgentSink:
 
     async def put(self, sample: Sample) -> None:
         await self._agent._queue.put(sample)
+        self._agent._samples_queued += 1
 
     async def dead_letter(self, letter: DeadLetter) -> None:
         await self._agent._add_dead_letter(letter)
@@ -64,6 +65,14 @@ class _AgentSink:
     def source_state_changed(self) -> None:
         if self._agent._uplink is not None:
             self._agent._uplink.status_changed()
+
+    def ticket(self) -> int:
+        return self._agent._samples_queued
+
+    async def wait_stored(self, ticket: int) -> None:
+        agent = self._agent
+        async with agent._stored_changed:
+            await agent._stored_changed.wait_for(lambda: agent._samples_stored >= ticket)
 
 
 class EdgeAgent:
@@ -79,6 +88,11 @@ class EdgeAgent:
         self.config = config
         self._shutdown_timeout_s = shutdown_timeout_s
         self._queue: asyncio.Queue[Sample] = asyncio.Queue(maxsize=SAMPLE_QUEUE_SIZE)
+        # The queue is FIFO and the writer stores in order, so "n samples queued so far" is
+        # stored once the writer has stored n: sources acknowledge their input on that.
+        self._samples_queued = 0
+        self._samples_stored = 0
+        self._stored_changed = asyncio.Condition()
         self._stack = contextlib.AsyncExitStack()
         self._buffer: Buffer | None = None
         self._forwarder: Forwarder | None = None
@@ -188,6 +202,9 @@ class EdgeAgent:
             finally:
                 for _ in batch:
                     self._queue.task_done()
+            async with self._stored_changed:
+                self._samples_stored += len(batch)
+                self._stored_changed.notify_all()
             self._forwarder.samples_added()
 
     async def _stop_writer(self) -> None:

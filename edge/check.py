@@ -57,6 +57,12 @@ class _CheckSink:
     def source_state_changed(self) -> None:
         self.changed.set()
 
+    def ticket(self) -> int:
+        return 0
+
+    async def wait_stored(self, ticket: int) -> None:
+        return None  # a check stores nothing; its own session's messages are simply acknowledged
+
 
 def _check_config(config: EdgeConfig) -> EdgeConfig:
     """The same config with ``-check`` client ids (a running agent keeps its sessions)."""

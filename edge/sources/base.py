@@ -54,6 +54,12 @@ class Sink(Protocol):
     def source_state_changed(self) -> None:
         """A source connected or lost its connection (the agent republishes its status)."""
 
+    def ticket(self) -> int:
+        """A mark covering every sample put so far (for ``wait_stored``)."""
+
+    async def wait_stored(self, ticket: int) -> None:
+        """Return once every sample covered by ``ticket`` is stored in the disk buffer."""
+
 
 @dataclass
 class SourceStats:

@@ -12,7 +12,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import aiomqtt
 
@@ -114,6 +114,12 @@ class MqttSource:
             clean_session=False,
             max_queued_incoming_messages=INCOMING_QUEUE_SIZE,
         )
+        # Acknowledge a message to the broker only once its samples are in the disk buffer:
+        # a crash before that makes the broker redeliver it (persistent session), and a
+        # repeat is harmless downstream (the store is keyed by series and timestamp).
+        # aiomqtt does not expose paho's manual acknowledgement, so reach its client.
+        paho = client._client
+        paho.manual_ack_set(True)
         async with client:
             for topic_filter in self._filters:
                 await client.subscribe(topic_filter, qos=1)
@@ -125,11 +131,25 @@ class MqttSource:
             self._backoff.reset()
             log.info("mqtt %s: subscribed to %s on %s", self.name, self._filters, self._broker)
             self._client = client
+            acks: asyncio.Queue[tuple[int, int, int]] = asyncio.Queue()
+            acker = asyncio.create_task(self._ack_when_stored(paho, acks), name=f"ack:{self.name}")
             try:
                 async for message in client.messages:
                     await self.handle(message.topic.value, message.payload)
+                    if message.qos > 0:
+                        acks.put_nowait((self._sink.ticket(), message.mid, message.qos))
             finally:
                 self._client = None
+                await cancel_and_wait(acker)
+
+    async def _ack_when_stored(self, paho: Any, acks: asyncio.Queue[tuple[int, int, int]]) -> None:
+        """Send each PUBACK, in arrival order, once that message's samples are stored.
+        (Dead letters are stored before ``handle`` returns.) The broker's in-flight limit
+        bounds this queue."""
+        while True:
+            ticket, mid, qos = await acks.get()
+            await self._sink.wait_stored(ticket)
+            paho.ack(mid, qos)
 
     async def handle(self, topic: str, payload: object) -> None:
         """Map one message onto a sample, or report it as a dead letter."""

@@ -291,12 +291,6 @@ def start_agent(config: Path, log: Path) -> subprocess.Popen[bytes]:
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the MQTT source acknowledges a message (PUBACK) when it is received, before its "
-    "sample is committed to the buffer, so a SIGKILL in between loses it; needs manual "
-    "acknowledgement after the buffer commit",
-)
 @pytest.mark.timeout(150)
 async def test_sigkill_five_times_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     store = tmp_path / "store.sqlite"
