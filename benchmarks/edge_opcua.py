@@ -2,21 +2,27 @@
 
 An asyncua server (a subprocess) holds N Double variables and writes all of them once a
 second with the wall-clock SourceTimestamp. One edge agent subscribes to all N and forwards
-to a private mosquitto; a subscriber there measures the end-to-end lag of every sample (its
-arrival minus its source timestamp). N steps up (1k, 2k, 5k, 10k, 20k, ...) until the p99
+to a private mosquitto; a subscriber there (another subprocess, so that measuring does not
+compete with the agent for its interpreter) measures the end-to-end lag of every sample (its
+arrival minus its source timestamp). The CPU time of the agent's process and of the server
+is reported for every step. N steps up (1k, 2k, 5k, 10k, 20k, ...) until the p99
 lag exceeds 2 s or the lag grows during the step. Prints figures and a final JSON line with
 ``max_items_1hz`` and ``lag_p99_s`` (of the largest N that held); asserts nothing.
 
     python benchmarks/edge_opcua.py [--seconds 20] [--max-items 50000] [--quick]
+    python benchmarks/edge_opcua.py --items 10000     # one step only
 """
 
 from __future__ import annotations
 
 import argparse
+import array
 import asyncio
 import json
 import logging
+import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -42,6 +48,7 @@ STEPS = (1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000)
 P99_LIMIT_S = 2.0
 GROWTH_LIMIT_S = 0.5  # median lag of the second half above the first half by this much
 WARMUP_S = 3.0
+FOLDER_SIZE = 500  # variables per folder: adding a node checks its parent's references
 
 
 def free_port() -> int:
@@ -92,11 +99,15 @@ async def serve(n: int, port: int) -> None:
     await server.init()
     server.set_endpoint(f"opc.tcp://127.0.0.1:{port}/bench/")
     idx = await server.register_namespace("urn:karkhana:bench")
-    folder = await server.nodes.objects.add_object(
+    root = await server.nodes.objects.add_object(
         ua.NodeId.from_string(f"ns={idx};s=bench"), "bench"
     )
     ids = []
     for i in range(n):
+        if i % FOLDER_SIZE == 0:
+            folder = await root.add_object(
+                ua.NodeId.from_string(f"ns={idx};s=f{i // FOLDER_SIZE}"), f"f{i // FOLDER_SIZE}"
+            )
         node = await folder.add_variable(ua.NodeId.from_string(f"ns={idx};s=v{i}"), f"v{i}", 0.0)
         ids.append(node.nodeid)
     await server.start()
@@ -124,10 +135,15 @@ async def serve(n: int, port: int) -> None:
 
 
 class LagMeter:
-    """Subscribes to the edge samples topic (paho, its own thread); records (arrival, lag)."""
+    """Subscribes to the edge samples topic (paho, its own thread); records (arrival, lag).
+
+    Runs in its own process (``--meter PORT FILE``): prints ``ready`` once subscribed and
+    ``first`` when the first envelope arrives; on SIGTERM writes the records to FILE as
+    doubles (arrival, lag, arrival, lag, ...) and exits.
+    """
 
     def __init__(self, port: int) -> None:
-        self.records: list[tuple[float, float]] = []
+        self.records = array.array("d")
         self._lock = threading.Lock()
         self._decoder = msgspec.json.Decoder(WireEnvelope)
         self._subscribed = threading.Event()
@@ -144,18 +160,46 @@ class LagMeter:
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         arrival = time.time()
         envelope = self._decoder.decode(msg.payload)
-        lags = [arrival - datetime.fromisoformat(s.ts).timestamp() for s in envelope.samples]
         with self._lock:
-            self.records.extend((arrival, lag) for lag in lags)
+            for s in envelope.samples:
+                self.records.append(arrival)
+                self.records.append(arrival - datetime.fromisoformat(s.ts).timestamp())
         self.first.set()
-
-    def between(self, start: float, end: float) -> list[tuple[float, float]]:
-        with self._lock:
-            return [r for r in self.records if start <= r[0] < end]
 
     def close(self) -> None:
         self._client.disconnect()
         self._client.loop_stop()
+
+
+def meter_main(port: int, out: Path) -> None:
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    meter = LagMeter(port)
+    print("ready", flush=True)
+    meter.first.wait()
+    print("first", flush=True)
+    stop.wait()
+    meter.close()
+    out.write_bytes(meter.records.tobytes())
+
+
+def read_records(path: Path) -> list[tuple[float, float]]:
+    values = array.array("d")
+    values.frombytes(path.read_bytes())
+    return list(zip(values[0::2], values[1::2], strict=True))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _expect(stream: asyncio.StreamReader, word: bytes, within_s: float) -> None:
+    async with asyncio.timeout(within_s):
+        line = await stream.readline()
+    if line.strip() != word:
+        raise RuntimeError(f"expected {word!r} from a benchmark subprocess, got {line!r}")
 
 
 async def _relay(stream: asyncio.StreamReader) -> None:
@@ -172,6 +216,8 @@ class StepResult:
     p50: float
     p99: float
     growth: float
+    agent_cpu: float = 0.0  # share of one core during the measured window
+    server_cpu: float = 0.0
 
     @property
     def held(self) -> bool:
@@ -207,32 +253,37 @@ def edge_config(n: int, opcua_port: int, mqtt_port: int, workdir: Path) -> EdgeC
 
 async def run_step(n: int, seconds: float, mqtt_port: int, workdir: Path) -> StepResult:
     opcua_port = free_port()
+    records = workdir / f"lags-{n}.bin"
     server = await asyncio.create_subprocess_exec(
         sys.executable, __file__, "--serve", str(n), str(opcua_port), stdout=subprocess.PIPE
     )
-    meter = LagMeter(mqtt_port)
+    meter = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--meter", str(mqtt_port), str(records), stdout=subprocess.PIPE
+    )
     relay: asyncio.Task[None] | None = None
     try:
-        assert server.stdout is not None
-        line = await asyncio.wait_for(server.stdout.readline(), 300)
-        if line.strip() != b"ready":
-            raise RuntimeError(f"OPC UA server did not start: {line!r}")
+        assert server.stdout is not None and meter.stdout is not None
+        await _expect(meter.stdout, b"ready", 30)
+        await _expect(server.stdout, b"ready", 300)
         relay = asyncio.create_task(_relay(server.stdout))  # the server's own warnings
         async with EdgeAgent(edge_config(n, opcua_port, mqtt_port, workdir)):
             # Subscribing N items takes a while for large N; measure once samples flow.
-            if not await asyncio.to_thread(meter.first.wait, 300):
-                raise RuntimeError(f"no sample arrived with {n} items")
+            await _expect(meter.stdout, b"first", 300)
             start = time.time() + WARMUP_S
             end = start + seconds
-            await asyncio.sleep(end - time.time() + 1.5)  # the measured window plus delivery
+            await asyncio.sleep(start - time.time())
+            cpu_before = (time.process_time(), cpu_seconds(server.pid))
+            await asyncio.sleep(end - time.time())
+            cpu_after = (time.process_time(), cpu_seconds(server.pid))
+            await asyncio.sleep(1.5)  # delivery of what the window read
     finally:
-        meter.close()
-        if server.returncode is None:
-            server.terminate()
-        await server.wait()
+        for process in (meter, server):
+            if process.returncode is None:
+                process.terminate()
+            await process.wait()
         if relay is not None:
             await relay
-    window = meter.between(start, end)
+    window = [r for r in read_records(records) if start <= r[0] < end]
     lags = sorted(lag for _, lag in window)
     if not lags:
         return StepResult(n, 0, int(n * seconds), float("inf"), float("inf"), float("inf"))
@@ -246,6 +297,8 @@ async def run_step(n: int, seconds: float, mqtt_port: int, workdir: Path) -> Ste
         p50=statistics.median(lags),
         p99=lags[min(len(lags) - 1, int(0.99 * len(lags)))],
         growth=statistics.median(second) - statistics.median(first),
+        agent_cpu=(cpu_after[0] - cpu_before[0]) / seconds,
+        server_cpu=(cpu_after[1] - cpu_before[1]) / seconds,
     )
 
 
@@ -258,7 +311,8 @@ async def bench(steps: list[int], seconds: float) -> dict[str, object]:
             print(
                 f"{n:>7} items: {result.received:>9} of {result.expected} samples, "
                 f"lag p50 {result.p50:.3f} s, p99 {result.p99:.3f} s, "
-                f"growth {result.growth:+.3f} s -> {verdict}",
+                f"growth {result.growth:+.3f} s, CPU agent {result.agent_cpu:.0%} "
+                f"server {result.server_cpu:.0%} -> {verdict}",
                 flush=True,
             )
             if not result.held:
@@ -270,6 +324,7 @@ async def bench(steps: list[int], seconds: float) -> dict[str, object]:
         "max_items_1hz": best.items if best else 0,
         "lag_p99_s": round(best.p99, 4) if best else None,
         "lag_p50_s": round(best.p50, 4) if best else None,
+        "agent_cpu": round(best.agent_cpu, 3) if best else None,
     }
 
 
@@ -277,13 +332,19 @@ def main() -> None:
     if len(sys.argv) == 4 and sys.argv[1] == "--serve":
         asyncio.run(serve(int(sys.argv[2]), int(sys.argv[3])))
         return
+    if len(sys.argv) == 4 and sys.argv[1] == "--meter":
+        meter_main(int(sys.argv[2]), Path(sys.argv[3]))
+        return
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--seconds", type=float, default=20.0, help="measured seconds per step")
     parser.add_argument("--max-items", type=int, default=100_000, help="largest step to try")
     parser.add_argument("--quick", action="store_true", help="1k and 2k items, 8 s each")
+    parser.add_argument("--items", type=int, help="measure this many items only")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    if args.quick:
+    if args.items is not None:
+        steps, seconds = [args.items], 8.0 if args.quick else args.seconds
+    elif args.quick:
         steps, seconds = [1_000, 2_000], 8.0
     else:
         steps, seconds = [n for n in STEPS if n <= args.max_items], args.seconds

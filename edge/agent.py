@@ -16,6 +16,7 @@ from edge.forwarder import Forwarder
 from edge.metrics import MetricsServer, lag_seconds
 from edge.sources import DeadLetter, Source, SourceStats, build_source
 from edge.tasks import cancel_and_wait
+from edge.transform import build_transforms
 from edge.uplink import Uplink
 from karkhana.errors import KarkhanaError
 from karkhana.models import Sample
@@ -46,6 +47,7 @@ class EdgeStats:
     dropped: DropCounts = field(default_factory=DropCounts)  # by the buffer bounds
     buffer_bytes: int = 0  # payload bytes stored in the buffer
     uplink_lag_s: float = 0.0  # age of the oldest unsent sample or message
+    unmapped_states: int = 0  # values with no entry in their state_map (passed through)
 
 
 class _AgentSink:
@@ -54,8 +56,19 @@ class _AgentSink:
 
     def __init__(self, agent: EdgeAgent) -> None:
         self._agent = agent
+        self._transforms = None if agent._transforms.empty else agent._transforms
+        self.stats: SourceStats | None = None  # of the source writing into this sink
 
     async def put(self, sample: Sample) -> None:
+        if self._transforms is not None:  # value mapping (edge.transform)
+            transform = self._transforms.lookup(sample.asset, sample.signal)
+            if transform is not None:
+                mapped = transform.apply(sample)
+                if mapped is None:
+                    if self.stats is not None:
+                        self.stats.suppressed += 1
+                    return
+                sample = mapped
         await self._agent._queue.put(sample)
         self._agent._samples_queued += 1
 
@@ -101,6 +114,7 @@ class EdgeAgent:
         self._writer: asyncio.Task[None] | None = None
         self._uplink_task: asyncio.Task[None] | None = None
         self._dead_letters = 0
+        self._transforms = build_transforms(config)
         self.metrics: MetricsServer | None = None
 
     # --- lifecycle --------------------------------------------------------------------
@@ -138,9 +152,10 @@ class EdgeAgent:
             self.metrics = await self._stack.enter_async_context(
                 MetricsServer(cfg.agent_id, lambda: self.stats, cfg.metrics.host, cfg.metrics.port)
             )
-        sink = _AgentSink(self)
         for source_config in cfg.sources:
+            sink = _AgentSink(self)
             source = build_source(source_config, sink, cfg)
+            sink.stats = source.stats
             await self._stack.enter_async_context(source)
             self._sources.append(source)
         log.info(
@@ -280,4 +295,5 @@ class EdgeAgent:
             dropped=buffer.dropped if buffer else DropCounts(),
             buffer_bytes=buffer.stored_bytes if buffer else 0,
             uplink_lag_s=lag_seconds(buffer.oldest_added if buffer else None),
+            unmapped_states=self._transforms.unmapped,
         )

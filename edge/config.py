@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from edge.modbus_config import ModbusSourceConfig
+from edge.transform import MappingKeys
 from karkhana.config.loading import load_model
 from karkhana.models import ASSET_PATH_RE, SEGMENT_RE, SIGNAL_RE
 
@@ -94,8 +95,11 @@ class MetricsConfig(_Strict):
     host: str = "127.0.0.1"
 
 
-class OpcUaNode(_Strict):
-    """One variable: by ``node_id`` or by ``browse_path`` (resolved on every connect)."""
+class OpcUaNode(MappingKeys):
+    """One variable: by ``node_id`` or by ``browse_path`` (resolved on every connect).
+
+    The value mapping keys (``scale``, ``offset``, ``deadband``, ``deadband_percent``,
+    ``range``, ``state_map``) come from :class:`edge.transform.MappingKeys`."""
 
     node_id: str | None = Field(default=None, min_length=1)
     browse_path: list[str] | None = None
@@ -214,6 +218,8 @@ class OpcUaSourceConfig(_Strict):
     poll_interval_ms: float = Field(default=1000, ge=10, le=3_600_000)
     keepalive_ms: float = Field(default=5000, ge=200, le=600_000)
     session_timeout_ms: float = Field(default=60_000, ge=1000, le=3_600_000)
+    # Nodes are spread over several subscriptions of at most this many monitored items.
+    max_items_per_subscription: int = Field(default=2000, ge=1, le=100_000)
     security: OpcUaSecurity = Field(default_factory=lambda: OpcUaSecurity())
     auth: OpcUaAuth | None = None
     nodes: list[OpcUaNode] = Field(min_length=1)
@@ -281,8 +287,9 @@ def _fill(template: str, value: str) -> str:
     return PLACEHOLDER_RE.sub(value, template)
 
 
-class MqttTopic(_Strict):
-    """One topic pattern of an MQTT source and how to turn its messages into samples."""
+class MqttTopic(MappingKeys):
+    """One topic pattern of an MQTT source and how to turn its messages into samples
+    (plus the value mapping keys of :class:`edge.transform.MappingKeys`)."""
 
     topic: str
     format: Literal["json", "number", "string", "sparkplug_b"] = "json"
@@ -368,6 +375,12 @@ class MqttTopic(_Strict):
         if any(part == "" for part in path.split(".")):
             raise ValueError(f"{path!r} is not a dotted path such as 'data.value'")
         return path
+
+    @model_validator(mode="after")
+    def _no_mapping_for_sparkplug(self) -> MqttTopic:
+        if self.format == "sparkplug_b" and self.has_mapping:
+            raise ValueError("value mapping keys are not supported with format: sparkplug_b")
+        return self
 
 
 class MqttSourceConfig(_Strict):

@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from edge.transform import MappingKeys
 from karkhana.models import ASSET_PATH_RE, SEGMENT_RE, SIGNAL_RE
 
 MAX_ADDRESS = 65535
@@ -35,8 +36,12 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ModbusRegister(_Strict):
-    """One value read from a Modbus table and the signal it becomes."""
+class ModbusRegister(MappingKeys):
+    """One value read from a Modbus table and the signal it becomes.
+
+    ``scale``/``offset`` are applied by the source while decoding; ``deadband``,
+    ``deadband_percent``, ``range`` and ``state_map`` (:class:`edge.transform.MappingKeys`)
+    by the agent, on the scaled value."""
 
     asset: Annotated[str, Field(pattern=ASSET_PATH_RE.pattern)]
     signal: Annotated[str, Field(pattern=SIGNAL_RE.pattern)]

@@ -72,6 +72,7 @@ class SourceStats:
     reconnects: int = 0
     connect_failures: int = 0
     dropped: int = 0  # notifications lost because the consumer fell far behind (logged)
+    suppressed: int = 0  # samples held back by a configured deadband (edge.transform)
 
 
 class Source(Protocol):

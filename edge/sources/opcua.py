@@ -1,8 +1,13 @@
-"""OPC UA source: one asyncua client and one subscription (or poll loop) per PLC.
+"""OPC UA source: one asyncua client and its subscriptions (or a poll loop) per PLC.
 
 Every configured node is a monitored item with a large server-side queue, so several value
 changes between two publish cycles all arrive, in order, each with its own SourceTimestamp.
-Notifications go through a bounded in-memory queue to the sink. A lost connection is logged,
+The nodes are spread over subscriptions of at most ``max_items_per_subscription`` items,
+created concurrently, so no single publish response grows without bound (a single
+subscription lags behind from a few thousand items at 1 Hz). Each publish response's data
+changes are handled in one synchronous call, in order (asyncua's handler interface would
+start one task per changed item). Notifications go through a bounded in-memory queue to the
+sink. A lost connection is logged,
 the source is marked down and the client reconnects with exponential backoff (capped at the
 keep-alive), resolving browse paths again and re-creating the subscription. A reading whose
 (asset, signal, ts) was already forwarded — the current value the server reports again after
@@ -12,14 +17,17 @@ a reconnect, or an unchanged value read again by polling — is not forwarded tw
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import math
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
 
-from asyncua import Client, Node, ua
-from asyncua.common.subscription import DataChangeNotif
+from asyncua import Client, ua
+from asyncua.client.ua_session import UaSession
+from asyncua.common.subscription import Subscription
 
 from edge.config import OpcUaNode, OpcUaSourceConfig
 from edge.sources.base import Backoff, Sink, SourceStats
@@ -100,16 +108,57 @@ def monitored_item_request(node_id: ua.NodeId, handle: int) -> ua.MonitoredItemC
 
 
 class _Handler:
-    """asyncua subscription handler; synchronous so notifications keep their order."""
+    """asyncua subscription handler for what is not a data change (status changes)."""
 
     def __init__(self, source: OpcUaSource) -> None:
         self._source = source
 
-    def datachange_notification(self, node: Node, val: Any, data: DataChangeNotif) -> None:
-        self._source._on_datachange(node, data)
-
     def status_change_notification(self, status: ua.StatusChangeNotification) -> None:
         log.warning("opcua %s: subscription status %s", self._source.name, status.Status.name)
+
+
+class _BatchSubscription(Subscription):
+    """A subscription whose data changes go to the source one publish response at a time.
+
+    asyncua's handler interface starts one task per changed item, which at thousands of
+    items per second costs more than the rest of the agent. Here the monitored items of each
+    ``DataChangeNotification`` are handed over in one synchronous call, in order; anything
+    else (status changes) still takes asyncua's handler path.
+    """
+
+    def __init__(
+        self,
+        session: UaSession,
+        params: ua.CreateSubscriptionParameters,
+        source: OpcUaSource,
+        handles: dict[int, OpcUaNode],
+    ) -> None:
+        super().__init__(session, params, _Handler(source))
+        self._source = source
+        self._handles = handles
+
+    async def publish_callback(self, publish_result: ua.PublishResult) -> None:
+        message = publish_result.NotificationMessage
+        data = message.NotificationData
+        if data:
+            others = []
+            for notification in data:
+                if isinstance(notification, ua.DataChangeNotification):
+                    self._source._on_items(self._handles, notification.MonitoredItems)
+                else:
+                    others.append(notification)
+            # A copy: the publish loop acknowledges the message by its own NotificationData.
+            message = copy.copy(message)
+            message.NotificationData = others
+            publish_result = copy.copy(publish_result)
+            publish_result.NotificationMessage = message
+        await super().publish_callback(publish_result)
+
+
+def chunked(items: Sequence[ua.NodeId], size: int) -> Iterable[Sequence[ua.NodeId]]:
+    """Consecutive slices of at most ``size`` items."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 class OpcUaSource:
@@ -165,15 +214,23 @@ class OpcUaSource:
 
     # --- notifications --------------------------------------------------------------
 
-    def _on_datachange(self, node: Node, data: DataChangeNotif) -> None:
-        mapping = self._nodes.get(node.nodeid)
-        if mapping is None:
-            log.warning("opcua %s: notification for unknown node %s", self.name, node.nodeid)
-            return
-        self._on_value(mapping, data.monitored_item.Value)
+    def _on_items(
+        self, handles: dict[int, OpcUaNode], items: Iterable[ua.MonitoredItemNotification]
+    ) -> None:
+        received = utc_now()
+        for item in items:
+            mapping = handles.get(item.ClientHandle)
+            if mapping is None:
+                log.warning(
+                    "opcua %s: notification for unknown handle %s", self.name, item.ClientHandle
+                )
+                continue
+            self._on_value(mapping, item.Value, received)
 
-    def _on_value(self, mapping: OpcUaNode, dv: ua.DataValue) -> None:
-        sample = datavalue_to_sample(dv, mapping, utc_now())
+    def _on_value(
+        self, mapping: OpcUaNode, dv: ua.DataValue, received: datetime | None = None
+    ) -> None:
+        sample = datavalue_to_sample(dv, mapping, received or utc_now())
         if sample is None:
             self.stats.parse_errors += 1
             log.warning(
@@ -287,6 +344,14 @@ class OpcUaSource:
         await client.connect()
         try:
             self._nodes = await self._resolve_nodes(client)
+            # Connected before subscribing: the first values may arrive while the
+            # subscriptions are still being created.
+            self.stats.connections += 1
+            if self.stats.connections > 1:
+                self.stats.reconnects += 1
+            self.stats.connected = True
+            self.last_error = None
+            self._sink.source_state_changed()
             poller: asyncio.Task[None] | None = None
             if self._config.mode == "subscription":
                 await self._subscribe(client)
@@ -294,12 +359,6 @@ class OpcUaSource:
                 poller = asyncio.create_task(
                     self._poll(client, lost), name=f"opcua-poll:{self.name}"
                 )
-            self.stats.connections += 1
-            if self.stats.connections > 1:
-                self.stats.reconnects += 1
-            self.stats.connected = True
-            self.last_error = None
-            self._sink.source_state_changed()
             self._backoff.reset()
             log.info(
                 "opcua %s: reading %d nodes at %s (%s)",
@@ -325,15 +384,36 @@ class OpcUaSource:
                 log.debug("opcua %s: disconnect: %r", self.name, exc)
 
     async def _subscribe(self, client: Client) -> None:
-        subscription = await client.create_subscription(
-            self._subscription_parameters(), _Handler(self)
+        """One subscription per ``max_items_per_subscription`` nodes, created concurrently;
+        client handles are unique across them."""
+        node_ids = list(self._nodes)
+        size = self._config.max_items_per_subscription
+        await asyncio.gather(
+            *(
+                self._subscribe_chunk(client, chunk, first_handle=1 + index * size)
+                for index, chunk in enumerate(chunked(node_ids, size))
+            )
         )
+
+    async def _subscribe_chunk(
+        self, client: Client, node_ids: Sequence[ua.NodeId], first_handle: int
+    ) -> None:
+        handles = {
+            handle: self._nodes[node_id]
+            for handle, node_id in enumerate(node_ids, start=first_handle)
+        }
+        params = self._subscription_parameters()
+        subscription = _BatchSubscription(client.uaclient.session, params, self, handles)
+        results = await subscription.init()
+        revised = client.get_subscription_revised_params(params, results)
+        if revised is not None:
+            await subscription.update(revised)
         requests = [
             monitored_item_request(node_id, handle)
-            for handle, node_id in enumerate(self._nodes, start=1)
+            for handle, node_id in enumerate(node_ids, start=first_handle)
         ]
-        results = await subscription.create_monitored_items(requests)
-        for node_id, result in zip(self._nodes, results, strict=True):
+        created = await subscription.create_monitored_items(requests)
+        for node_id, result in zip(node_ids, created, strict=True):
             if isinstance(result, ua.StatusCode):
                 log.error(
                     "opcua %s: cannot monitor %s: %s",
