@@ -29,7 +29,7 @@ from types import TracebackType
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from devices.updates import SignalUpdate
+from devices.updates import SignalUpdate, numeric_value
 from karkhana.errors import ConnectionFailed
 from karkhana.models import MachineState
 
@@ -127,15 +127,6 @@ class ModbusPlc:
             server, self._server = self._server, None
             await server.shutdown()
 
-    def _device_value(self, update: SignalUpdate) -> int | float:
-        if update.signal == "state":
-            assert isinstance(update.value, MachineState)
-            return int(self._state_codes[update.value])
-        if update.signal == "mode":
-            return self._mode_codes[str(update.value)]
-        assert not isinstance(update.value, str | MachineState)
-        return update.value
-
     async def publish(self, updates: Sequence[SignalUpdate]) -> None:
         """Write the values (a later update of the same signal overwrites an earlier one)."""
         server = self._server
@@ -146,7 +137,9 @@ class ModbusPlc:
             if target is None:
                 continue
             address, value_type, _unit = target
-            registers = encode(self._device_value(update), value_type)
+            registers = encode(
+                numeric_value(update, self._state_codes, self._mode_codes), value_type
+            )
             await server.async_setValues(0, WRITE_HOLDING, address, registers)
 
 

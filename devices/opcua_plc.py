@@ -11,7 +11,7 @@ from typing import cast
 
 from asyncua import Server, ua
 
-from devices.updates import SignalUpdate
+from devices.updates import SignalUpdate, numeric_value
 from karkhana.errors import ConnectionFailed
 from karkhana.models import MachineState
 
@@ -115,15 +115,6 @@ class OpcUaPlc:
             server, self._server = self._server, None
             await server.stop()
 
-    def _device_value(self, update: SignalUpdate) -> int | float:
-        if update.signal == "state":
-            assert isinstance(update.value, MachineState)
-            return int(self._state_codes[update.value])
-        if update.signal == "mode":
-            return self._mode_codes[str(update.value)]
-        assert not isinstance(update.value, str)
-        return update.value
-
     async def publish(self, updates: Sequence[SignalUpdate]) -> None:
         server = self._server
         if server is None:
@@ -133,7 +124,7 @@ class OpcUaPlc:
             if target is None:
                 continue
             nid, vtype = target
-            value = self._device_value(update)
+            value = numeric_value(update, self._state_codes, self._mode_codes)
             if vtype is ua.VariantType.Double:
                 value = float(value)
             ts = cast(ua.DateTime, update.ts)

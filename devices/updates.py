@@ -29,6 +29,19 @@ class SignalUpdate:
     ts: datetime  # simulated time, aware UTC
 
 
+def numeric_value(
+    update: SignalUpdate, state_codes: dict[MachineState, int | str], mode_codes: dict[str, int]
+) -> int | float:
+    """The number a PLC register or variable holds for ``update`` (states and modes as codes)."""
+    if update.signal == "state":
+        assert isinstance(update.value, MachineState)
+        return int(state_codes[update.value])
+    if update.signal == "mode":
+        return mode_codes[str(update.value)]
+    assert not isinstance(update.value, str | MachineState)
+    return update.value
+
+
 class Device(Protocol):
     """A simulated device: publishes updates in the order given, each with its timestamp."""
 
