@@ -191,7 +191,7 @@ def metric(text: str, name: str, **labels: str) -> float:
 # --- a. the uplink broker is down for OUTAGE_S while sensors publish 1,000 samples/s ----
 
 
-@pytest.mark.timeout(OUTAGE_S + 150)
+@pytest.mark.timeout(OUTAGE_S + 300)
 async def test_uplink_outage_under_load_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     store = tmp_path / "store.sqlite"
     persist = tmp_path / "uplink-persist"
@@ -255,12 +255,15 @@ async def test_uplink_outage_under_load_loses_and_duplicates_nothing(tmp_path: P
                     "the backlog to drain",
                 )
             total = len(publisher.produced)
-            await async_wait_until(
-                lambda: stored_count(store) >= total, 60, f"all {total} samples stored"
-            )
-            await async_wait_until(lambda: agent.stats.samples_pending == 0, 15, "all acked")
+            # Generous: on a loaded 2-core machine the backlog drains more slowly. On a
+            # timeout the exact comparison below says what is missing.
+            with contextlib.suppress(AssertionError):
+                await async_wait_until(
+                    lambda: stored_count(store) >= total, 120, f"all {total} samples stored"
+                )
+            assert_exactly_once(store, publisher)
+            await async_wait_until(lambda: agent.stats.samples_pending == 0, 30, "all acked")
             after = await scrape()
-        assert_exactly_once(store, publisher)
         assert agent.stats.dropped == DropCounts()
         assert (
             metric(after, "karkhana_edge_samples_read_total", agent=AGENT, source="sensors")
