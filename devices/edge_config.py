@@ -6,13 +6,15 @@ from pathlib import Path
 from typing import Any
 
 from devices.config import load_simulation
-from devices.modbus_plc import REGISTER_MAP
+from devices.modbus_plc import REGISTER_MAP, TIMESTAMP_MAP, TIMESTAMP_TYPE, TIMESTAMP_UNIT
 from devices.opcua_plc import VARIABLES, endpoint_url, node_id
 from karkhana.config.factory import FactoryConfig
 
-# How often the edge polls a simulated Modbus PLC: its values are stamped with the poll
-# time, so this bounds how far a state change's recorded time can lag the simulated one.
-MODBUS_POLL_INTERVAL_MS = 100
+# How often the edge polls a simulated Modbus PLC. Values carry the PLC's "changed at"
+# timestamps (simulated time), but a register shows only the latest value: polling twice per
+# simulator tick (10 Hz by default) sees every value a tick writes, so a state that lasts
+# two ticks or more is never missed, whatever the speed of the simulated clock.
+MODBUS_POLL_INTERVAL_MS = 50
 
 
 def _source_names(paths: list[str]) -> dict[str, str]:
@@ -36,9 +38,9 @@ def edge_config_for(
     """edge.yaml content reading every simulated device of ``factory``.
 
     OPC UA machines get one source each with all eight nodes, Modbus machines one source each
-    with all eight registers; MQTT machines share one MQTT source with one topic template per
-    machine. ``sensor_broker`` is the broker the sensors publish to when it is not the uplink
-    broker.
+    with all eight value registers, each with its "changed at" timestamp; MQTT machines share
+    one MQTT source with one topic template per machine. ``sensor_broker`` is the broker the
+    sensors publish to when it is not the uplink broker.
     """
     sim = load_simulation(factory, source)
     refs = [r for r in factory.machines() if r.path in sim.machines]
@@ -78,6 +80,12 @@ def edge_config_for(
                     "table": "holding",
                     "address": address,
                     "type": value_type,
+                    "timestamp": {
+                        "address": TIMESTAMP_MAP[signal],
+                        "type": TIMESTAMP_TYPE,
+                        "unit": TIMESTAMP_UNIT,
+                        "word_order": "big",
+                    },
                 }
                 if unit is not None:
                     register["unit"] = unit

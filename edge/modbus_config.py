@@ -20,6 +20,8 @@ MAX_ADDRESS = 65535
 ModbusTable = Literal["holding", "input", "coil", "discrete"]
 ModbusType = Literal["int16", "uint16", "int32", "uint32", "float32", "bool"]
 Order = Literal["big", "little"]
+TimestampType = Literal["uint32", "uint64"]
+TimestampUnit = Literal["s", "ms", "us"]
 
 BIT_TABLES: frozenset[str] = frozenset({"coil", "discrete"})
 REGISTER_COUNT: dict[str, int] = {
@@ -30,10 +32,40 @@ REGISTER_COUNT: dict[str, int] = {
     "float32": 2,
     "bool": 1,
 }
+TIMESTAMP_REGISTER_COUNT: dict[str, int] = {"uint32": 2, "uint64": 4}
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModbusTimestamp(_Strict):
+    """Registers in which the device keeps the Unix time at which a value was taken or
+    last changed (many PLCs keep such a "changed at" time next to the value).
+
+    They sit in the same table as the value; several values may share one timestamp (a
+    device clock). The registers of one timestamp are unsigned and big-endian inside each
+    register; ``word_order: big`` puts the most significant word first."""
+
+    address: int = Field(ge=0, le=MAX_ADDRESS)
+    type: TimestampType = "uint32"
+    unit: TimestampUnit = "s"
+    word_order: Order = "big"
+
+    @model_validator(mode="after")
+    def _fits(self) -> ModbusTimestamp:
+        last = self.address + self.count - 1
+        if last > MAX_ADDRESS:
+            raise ValueError(
+                f"a {self.type} timestamp needs {self.count} registers ({self.address} to "
+                f"{last}), but the last Modbus address is {MAX_ADDRESS}"
+            )
+        return self
+
+    @property
+    def count(self) -> int:
+        """How many registers the timestamp occupies."""
+        return TIMESTAMP_REGISTER_COUNT[self.type]
 
 
 class ModbusRegister(MappingKeys):
@@ -53,6 +85,8 @@ class ModbusRegister(MappingKeys):
     scale: float = 1.0
     offset: float = 0.0
     unit: str | None = None
+    # Where the device keeps the time of this value; null = stamp it with the poll time.
+    timestamp: ModbusTimestamp | None = None
 
     @field_validator("type")
     @classmethod
@@ -88,6 +122,23 @@ class ModbusRegister(MappingKeys):
     def _bool_has_no_arithmetic(self) -> ModbusRegister:
         if self.type == "bool" and (self.scale != 1.0 or self.offset != 0.0):
             raise ValueError("scale and offset do not apply to bool values")
+        return self
+
+    @model_validator(mode="after")
+    def _timestamp_beside_the_value(self) -> ModbusRegister:
+        ts = self.timestamp
+        if ts is None:
+            return self
+        if self.is_bit:
+            raise ValueError(
+                f"a timestamp is read from the value's own table, and a {self.table} table "
+                "holds bits, not registers: only holding and input values can have one"
+            )
+        if ts.address < self.address + self.count and self.address < ts.address + ts.count:
+            raise ValueError(
+                f"timestamp registers {ts.address}-{ts.address + ts.count - 1} overlap the "
+                f"value's own registers {self.address}-{self.address + self.count - 1}"
+            )
         return self
 
     @property
@@ -134,6 +185,28 @@ class ModbusSourceConfig(_Strict):
             seen[key] = index
         return self
 
+    @model_validator(mode="after")
+    def _one_layout_per_timestamp(self) -> ModbusSourceConfig:
+        # Values may share a timestamp, but they must agree on how it is encoded.
+        seen: dict[tuple[str, int], tuple[int, ModbusTimestamp]] = {}
+        for index, reg in enumerate(self.registers):
+            ts = reg.timestamp
+            if ts is None:
+                continue
+            key = (reg.table, ts.address)
+            first = seen.setdefault(key, (index, ts))
+            if first[1] != ts:
+                raise ValueError(
+                    f"the timestamp at {reg.table} {ts.address} is described differently by "
+                    f"registers[{first[0]}] and registers[{index}] "
+                    f"({_layout(first[1])} vs {_layout(ts)})"
+                )
+        return self
+
+
+def _layout(ts: ModbusTimestamp) -> str:
+    return f"{ts.type} {ts.unit} word_order {ts.word_order}"
+
 
 def register_label(reg: ModbusRegister) -> str:
     """``holding 40`` - how logs and the duplicate check name a register."""
@@ -144,10 +217,14 @@ __all__ = [
     "BIT_TABLES",
     "MAX_ADDRESS",
     "REGISTER_COUNT",
+    "TIMESTAMP_REGISTER_COUNT",
     "ModbusRegister",
     "ModbusSourceConfig",
     "ModbusTable",
+    "ModbusTimestamp",
     "ModbusType",
     "Order",
+    "TimestampType",
+    "TimestampUnit",
     "register_label",
 ]

@@ -1,10 +1,15 @@
 """Modbus TCP source: polls one device with the async pymodbus client.
 
 Registers of one table that sit next to each other are read with one request (up to the
-protocol's limit per request). Every poll is stamped with the time it started (UTC): Modbus
-carries no timestamps, so a value's time is only as exact as the poll interval. A value is
-handed on when it differs from the last one read (the first poll of every connection hands
-on everything), and with ``heartbeat: N`` also every N polls while it stays the same.
+protocol's limit per request); a value's ``timestamp`` registers take part in that planning,
+so a value and its timestamp that are contiguous arrive in the same answer and agree.
+
+Modbus itself carries no timestamps. A value with a ``timestamp`` block is stamped with the
+device time decoded from it (a timestamp of 0, a device clock that was never set, falls back
+to the poll time with a warning logged once); any other value with the time its poll started
+(UTC), so its time is only as exact as the poll interval. A value is handed on when it, or
+its device timestamp, differs from the last reading (the first poll of every connection hands
+on everything), and with ``heartbeat: N`` also every N polls while both stay the same.
 
 A request the device answers with a Modbus exception, or does not answer in time, is logged
 and counted and its values are skipped for that poll (no sample with ``bad`` quality is
@@ -20,14 +25,19 @@ import math
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Self
 
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
-from edge.modbus_config import ModbusRegister, ModbusSourceConfig, register_label
+from edge.modbus_config import (
+    ModbusRegister,
+    ModbusSourceConfig,
+    ModbusTimestamp,
+    register_label,
+)
 from edge.sources.base import Backoff, Sink, SourceStats
 from edge.tasks import cancel_and_wait
 from karkhana.errors import ConnectionFailed
@@ -40,6 +50,8 @@ MAX_BITS_PER_READ = 2000  # protocol limit of function codes 1 and 2
 FAILED_POLLS_BEFORE_RECONNECT = 3  # consecutive polls in which every read timed out
 
 _STRUCT_FORMAT = {"int16": ">h", "uint16": ">H", "int32": ">i", "uint32": ">I", "float32": ">f"}
+_US_PER_UNIT = {"s": 1_000_000, "ms": 1_000, "us": 1}
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class DecodeError(ValueError):
@@ -68,6 +80,30 @@ def decode_registers(
     return value
 
 
+def decode_timestamp(registers: Sequence[int], ts: ModbusTimestamp) -> datetime | None:
+    """The device time held by a timestamp's registers; None when they hold 0 (not set).
+
+    Each register is an unsigned big-endian word; ``word_order: big`` puts the most
+    significant word first."""
+    words = list(registers)
+    if len(words) != ts.count:
+        raise ValueError(f"a {ts.type} timestamp takes {ts.count} registers, got {len(words)}")
+    if ts.word_order == "little":
+        words.reverse()
+    raw = 0
+    for word in words:
+        raw = (raw << 16) | (word & 0xFFFF)
+    if raw == 0:
+        return None
+    try:
+        return _EPOCH + timedelta(microseconds=raw * _US_PER_UNIT[ts.unit])
+    except OverflowError as exc:
+        raise DecodeError(
+            f"timestamp registers {list(registers)} hold {raw} {ts.unit} since 1970, "
+            "which is not a date"
+        ) from exc
+
+
 def scaled(value: int | float, reg: ModbusRegister) -> SampleValue:
     """``value * scale + offset``; integers stay integers when there is nothing to apply."""
     if reg.scale == 1.0 and reg.offset == 0.0:
@@ -92,33 +128,57 @@ class ReadBlock:
     table: str
     address: int
     count: int
-    registers: list[tuple[int, ModbusRegister]] = field(default_factory=list)  # (index, reg)
+    # The values that need this request (for their value or their timestamp), in address
+    # order: (index in the source's registers, register).
+    registers: list[tuple[int, ModbusRegister]] = field(default_factory=list)
     failing: str | None = None  # reason of the last failure, for logging changes only
+
+    def holds(self, table: str, address: int, count: int) -> bool:
+        return (
+            table == self.table
+            and self.address <= address
+            and address + count <= self.address + self.count
+        )
 
 
 def plan_reads(registers: Sequence[ModbusRegister]) -> list[ReadBlock]:
     """Group registers into as few requests as possible without reading unmapped addresses.
 
-    Values of one table that are contiguous (or overlap) share a request, as long as it
-    stays within the protocol's limit per request.
+    Values and timestamps of one table that are contiguous (or overlap) share a request, as
+    long as it stays within the protocol's limit per request.
     """
+    spans: list[tuple[str, int, int, int, ModbusRegister]] = []  # table, address, count
+    for index, reg in enumerate(registers):
+        spans.append((reg.table, reg.address, reg.count, index, reg))
+        if reg.timestamp is not None:
+            ts = reg.timestamp
+            spans.append((reg.table, ts.address, ts.count, index, reg))
+    spans.sort(key=lambda span: (span[0], span[1]))
     blocks: list[ReadBlock] = []
-    order = sorted(enumerate(registers), key=lambda ir: (ir[1].table, ir[1].address))
-    for index, reg in order:
-        end = reg.address + reg.count
+    for table, address, count, index, reg in spans:
+        end = address + count
         limit = MAX_BITS_PER_READ if reg.is_bit else MAX_REGISTERS_PER_READ
         last = blocks[-1] if blocks else None
         if (
             last is not None
-            and last.table == reg.table
-            and reg.address <= last.address + last.count
+            and last.table == table
+            and address <= last.address + last.count
             and max(end, last.address + last.count) - last.address <= limit
         ):
             last.count = max(end, last.address + last.count) - last.address
-            last.registers.append((index, reg))
+            if all(i != index for i, _ in last.registers):
+                last.registers.append((index, reg))
         else:
-            blocks.append(ReadBlock(reg.table, reg.address, reg.count, [(index, reg)]))
+            blocks.append(ReadBlock(table, address, count, [(index, reg)]))
     return blocks
+
+
+def _block_holding(blocks: Sequence[ReadBlock], table: str, address: int, count: int) -> int:
+    """Index of the request that reads the whole span (plan_reads never splits one)."""
+    for i, block in enumerate(blocks):
+        if block.holds(table, address, count):
+            return i
+    raise AssertionError(f"no planned read covers {table} {address}+{count}")
 
 
 class ModbusSource:
@@ -138,8 +198,22 @@ class ModbusSource:
         self._sink = sink
         self._backoff = Backoff(cap=backoff_cap_s)
         self._blocks = plan_reads(config.registers)
-        self._last: dict[int, int | float | bool] = {}
+        # Per value: the request holding its registers and the one holding its timestamp.
+        self._where: list[tuple[int, int | None]] = [
+            (
+                _block_holding(self._blocks, reg.table, reg.address, reg.count),
+                None
+                if reg.timestamp is None
+                else _block_holding(
+                    self._blocks, reg.table, reg.timestamp.address, reg.timestamp.count
+                ),
+            )
+            for reg in config.registers
+        ]
+        self._last: dict[int, tuple[int | float | bool, datetime | None]] = {}
         self._unchanged: dict[int, int] = {}
+        self._undecodable: set[int] = set()  # values whose last reading could not be decoded
+        self._clock_unset_logged: set[tuple[str, int]] = set()  # timestamps found at 0
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -248,15 +322,25 @@ class ModbusSource:
         """Read every block once; False when no request got any answer (timeouts only)."""
         self.poll_stats.polls += 1
         answered = False
+        results: list[list[int] | list[bool] | None] = []
         for block in self._blocks:
             result = await self._read(client, block)
             if isinstance(result, _Timeout):
+                results.append(None)
                 continue
             answered = True
-            if result is None:
+            results.append(result)
+        for index, reg in enumerate(self._config.registers):
+            value_block, ts_block = self._where[index]
+            data = results[value_block]
+            stamp: tuple[ReadBlock, list[int] | list[bool]] | None = None
+            if ts_block is not None:
+                ts_data = results[ts_block]
+                stamp = None if ts_data is None else (self._blocks[ts_block], ts_data)
+            if data is None or (ts_block is not None and stamp is None):
+                self.poll_stats.values_skipped += 1  # its request failed, already logged
                 continue
-            for index, reg in block.registers:
-                await self._handle_value(index, reg, block, result, polled_at)
+            await self._handle_value(index, reg, self._blocks[value_block], data, stamp, polled_at)
         return answered
 
     async def _read(
@@ -304,7 +388,6 @@ class ModbusSource:
 
     def _read_failed(self, block: ReadBlock, reason: str) -> None:
         self.poll_stats.read_failures += 1
-        self.poll_stats.values_skipped += len(block.registers)
         if reason != block.failing:  # log a new problem once, not at every poll
             log.error(
                 "modbus %s: reading %s %d+%d from %s failed: %s; its %d value(s) are skipped",
@@ -324,33 +407,62 @@ class ModbusSource:
         reg: ModbusRegister,
         block: ReadBlock,
         data: list[int] | list[bool],
+        stamp: tuple[ReadBlock, list[int] | list[bool]] | None,
         polled_at: datetime,
     ) -> None:
         start = reg.address - block.address
         raw: int | float | bool
-        if reg.is_bit:
-            raw = bool(data[start])
-        else:
-            words = [int(w) for w in data[start : start + reg.count]]
-            try:
+        device_time: datetime | None = None
+        try:
+            if reg.is_bit:
+                raw = bool(data[start])
+            else:
+                words = [int(w) for w in data[start : start + reg.count]]
                 raw = decode_registers(words, reg.type, reg.byte_order, reg.word_order)
-            except DecodeError as exc:
-                self.stats.parse_errors += 1
-                self.poll_stats.values_skipped += 1
+            if stamp is not None and reg.timestamp is not None:
+                ts_block, ts_data = stamp
+                first = reg.timestamp.address - ts_block.address
+                ts_words = [int(w) for w in ts_data[first : first + reg.timestamp.count]]
+                device_time = decode_timestamp(ts_words, reg.timestamp)
+                if device_time is None:
+                    self._clock_not_set(reg)
+        except DecodeError as exc:
+            self.stats.parse_errors += 1
+            self.poll_stats.values_skipped += 1
+            if index not in self._undecodable:  # log a new problem once, not at every poll
+                self._undecodable.add(index)
                 log.warning("modbus %s: %s: %s; skipped", self.name, register_label(reg), exc)
-                return
-        if not self._due(index, raw):
+            return
+        if index in self._undecodable:
+            self._undecodable.discard(index)
+            log.info("modbus %s: %s decodes again", self.name, register_label(reg))
+        if not self._due(index, raw, device_time):
             return
         value: SampleValue = raw if isinstance(raw, bool) else scaled(raw, reg)
-        await self._sink.put(Sample(reg.asset, reg.signal, polled_at, value, unit=reg.unit))
+        ts = device_time if device_time is not None else polled_at
+        await self._sink.put(Sample(reg.asset, reg.signal, ts, value, unit=reg.unit))
         self.stats.samples_read += 1
 
-    def _due(self, index: int, raw: int | float | bool) -> bool:
-        """Whether this reading is handed on: changed, first of the connection or heartbeat."""
+    def _clock_not_set(self, reg: ModbusRegister) -> None:
+        assert reg.timestamp is not None
+        key = (reg.table, reg.timestamp.address)
+        if key not in self._clock_unset_logged:
+            self._clock_unset_logged.add(key)
+            log.warning(
+                "modbus %s: timestamp %s %d holds 0 (device clock not set?); values that use "
+                "it are stamped with the poll time until it is set",
+                self.name,
+                reg.table,
+                reg.timestamp.address,
+            )
+
+    def _due(self, index: int, raw: int | float | bool, device_time: datetime | None) -> bool:
+        """Whether this reading is handed on: changed (value or device timestamp), first of
+        the connection, or heartbeat."""
         heartbeat = self._config.heartbeat
         previous = self._last.get(index)
-        self._last[index] = raw
-        if previous is None or previous != raw or type(previous) is not type(raw):
+        self._last[index] = (raw, device_time)
+        if previous is None or previous != (raw, device_time) or type(previous[0]) is not type(raw):
             self._unchanged[index] = 0
             return True
         unchanged = self._unchanged.get(index, 0) + 1
@@ -374,6 +486,7 @@ __all__ = [
     "ModbusStats",
     "ReadBlock",
     "decode_registers",
+    "decode_timestamp",
     "plan_reads",
     "scaled",
 ]

@@ -406,3 +406,119 @@ async def test_refused_connection_is_retried() -> None:
         async with device(port) as dev:
             await dev.write("holding", 0, [4])
             await async_wait_until(lambda: sink.values("state") == [4], 10, "the value")
+
+
+# --- device timestamps ----------------------------------------------------------------
+
+
+def ms_words(when: datetime) -> list[int]:
+    """A uint64 of milliseconds since 1970, most significant word first."""
+    ms = round(when.timestamp() * 1000)
+    return list(struct.unpack(">4H", struct.pack(">Q", ms)))
+
+
+async def test_values_carry_the_device_timestamps() -> None:
+    ts_ms = {"type": "uint64", "unit": "ms"}
+    # A PLC that keeps a "changed at" time per value, and one device clock (uint32 seconds,
+    # words swapped) shared by two values in the input registers.
+    registers = [
+        reg("state", 0, timestamp={"address": 3} | ts_ms),  # 0, 3-6
+        reg("count_total", 1, "uint32", timestamp={"address": 7} | ts_ms),  # 1-2, 7-10
+        reg("speed", 0, "float32", "input", timestamp={"address": 2, "word_order": "little"}),
+        reg("power", 4, "float32", "input", timestamp={"address": 2, "word_order": "little"}),
+    ]
+    changed = datetime(2026, 11, 23, 3, 15, 42, 125_000, tzinfo=UTC)
+    counted = datetime(2026, 11, 23, 3, 15, 44, 875_000, tzinfo=UTC)
+    clock = datetime(
+        2026, 11, 23, 3, 16, 0, tzinfo=UTC
+    )  # 1795403760 s = 0x6B03_AFF0 (`date -u -d @1795403760`)
+    async with device() as dev:
+        await dev.write("holding", 0, [3])
+        await dev.write("holding", 1, [0x0001, 0x0002])  # 65538
+        await dev.write("holding", 3, ms_words(changed) + ms_words(counted))
+        await dev.write("input", 0, wire32(struct.pack(">f", 112.5), "big", "big"))
+        await dev.write("input", 2, [0xAFF0, 0x6B03])  # low word first
+        await dev.write("input", 4, wire32(struct.pack(">f", 6.25), "big", "big"))
+        sink = ListSink()
+        async with ModbusSource(source_config(dev.port, registers), sink) as src:
+            await async_wait_until(lambda: len(sink.samples) == 4, 10, "the first poll")
+            got = {s.signal: (s.value, s.ts) for s in sink.samples}
+            assert got == {
+                "state": (3, changed),
+                "count_total": (65_538, counted),
+                "speed": (112.5, clock),
+                "power": (6.25, clock),
+            }
+            # Holding 0-10 (values and timestamps) in one request, input 0-5 in another.
+            polls = src.poll_stats.polls
+            await async_wait_until(lambda: src.poll_stats.polls >= polls + 3, 10, "three polls")
+            stats = src.poll_stats
+            assert 2 * stats.polls - 2 <= stats.reads <= 2 * stats.polls
+
+            # The state changes and changes back between two polls: the value is the same,
+            # but the device says it changed again, so the reading is handed on.
+            again = changed + timedelta(minutes=5)
+            await dev.write("holding", 3, ms_words(again))
+            await async_wait_until(lambda: len(sink.samples) == 5, 10, "the new timestamp")
+            assert (sink.samples[-1].signal, sink.samples[-1].value) == ("state", 3)
+            assert sink.samples[-1].ts == again
+            # A new value and its new time, written together as a PLC would.
+            later = counted + timedelta(seconds=30)
+            await dev.write("holding", 1, [0x0001, 0x0010, *ms_words(again), *ms_words(later)])
+            await async_wait_until(
+                lambda: any(s.ts == later for s in sink.samples), 10, "the new count"
+            )
+            counts = [(s.value, s.ts) for s in sink.samples if s.signal == "count_total"]
+            assert counts[0] == (65_538, counted) and counts[-1] == (65_552, later)
+            assert src.stats.parse_errors == 0
+
+
+async def test_an_unset_device_clock_falls_back_to_the_poll_time(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    registers = [
+        reg("state", 0, timestamp={"address": 4}),
+        reg("mode", 1, timestamp={"address": 4}),
+    ]
+    async with device() as dev:
+        await dev.write("holding", 0, [1, 2])  # timestamp registers 4-5 stay 0
+        sink = ListSink()
+        before = datetime.now(UTC)
+        with caplog.at_level("WARNING", logger="edge.sources.modbus"):
+            async with ModbusSource(source_config(dev.port, registers), sink) as src:
+                await async_wait_until(lambda: len(sink.samples) == 2, 10, "the first poll")
+                polls = src.poll_stats.polls
+                await async_wait_until(lambda: src.poll_stats.polls >= polls + 3, 10, "polls")
+                after = datetime.now(UTC)
+                for sample in sink.samples:
+                    assert before - timedelta(milliseconds=1) <= sample.ts <= after
+                # Once the clock is set, values are handed on with the device's time.
+                clock = datetime(2026, 11, 23, 3, 16, 0, tzinfo=UTC)
+                await dev.write("holding", 4, [0x6B03, 0xAFF0])
+                await async_wait_until(lambda: len(sink.samples) == 4, 10, "device stamps")
+                assert {(s.signal, s.value, s.ts) for s in sink.samples[2:]} == {
+                    ("state", 1, clock),
+                    ("mode", 2, clock),
+                }
+    warnings = [r for r in caplog.records if "holds 0" in r.getMessage()]
+    assert len(warnings) == 1  # once, not at every poll nor per value
+    assert "holding 4" in warnings[0].getMessage()
+
+
+async def test_an_impossible_timestamp_is_counted_and_skipped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ts_us = {"address": 10, "type": "uint64", "unit": "us"}
+    async with device() as dev:
+        await dev.write("holding", 0, [5, 6])
+        await dev.write("holding", 10, [0xFFFF] * 4)  # about 584 000 years after 1970
+        sink = ListSink()
+        cfg = source_config(dev.port, [reg("state", 0, timestamp=ts_us), reg("mode", 1)])
+        with caplog.at_level("WARNING", logger="edge.sources.modbus"):
+            async with ModbusSource(cfg, sink) as src:
+                await async_wait_until(lambda: src.stats.parse_errors >= 3, 10, "three polls")
+                assert sink.values("state") == []
+                assert sink.values("mode") == [6]  # the other value is unaffected
+                assert src.poll_stats.values_skipped >= 3
+    problems = [r for r in caplog.records if "not a date" in r.getMessage()]
+    assert len(problems) == 1

@@ -162,3 +162,73 @@ def test_unknown_source_type_lists_modbus(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load(tmp_path, data)
     assert "modbus" in info.value.problem
+
+
+# --- timestamp blocks ---------------------------------------------------------------------
+
+
+def _with_timestamp(index: int, timestamp: dict[str, Any]) -> dict[str, Any]:
+    data = good()
+    data["sources"][0]["registers"][index]["timestamp"] = timestamp
+    return data
+
+
+def test_timestamp_defaults_and_sharing(tmp_path: Path) -> None:
+    data = _with_timestamp(0, {"address": 20})
+    data["sources"][0]["registers"][1]["table"] = "holding"
+    data["sources"][0]["registers"][1]["timestamp"] = {"address": 20}  # one device clock
+    src = load(tmp_path, data).sources[0]
+    state, temperature, running = src.registers
+    assert state.timestamp is not None and temperature.timestamp == state.timestamp
+    ts = state.timestamp
+    assert (ts.address, ts.type, ts.unit, ts.word_order, ts.count) == (20, "uint32", "s", "big", 2)
+    assert running.timestamp is None
+
+
+def test_timestamp_in_input_registers(tmp_path: Path) -> None:
+    data = _with_timestamp(1, {"address": 0, "type": "uint64", "unit": "us"})
+    (src,) = load(tmp_path, data).sources
+    ts = src.registers[1].timestamp
+    assert ts is not None and (ts.type, ts.unit, ts.count) == ("uint64", "us", 4)
+
+
+@pytest.mark.parametrize(
+    ("index", "timestamp", "key_path", "reason"),
+    [
+        (2, {"address": 10}, "", "only holding and input"),
+        (0, {"address": 10, "type": "uint16"}, ".timestamp.type", "uint32"),
+        (0, {"address": 10, "unit": "ns"}, ".timestamp.unit", "'ms'"),
+        (0, {"address": 10, "word_order": "middle"}, ".timestamp.word_order", "big"),
+        (0, {"address": 65535}, ".timestamp", "last Modbus address"),
+        (0, {"address": 65533, "type": "uint64"}, ".timestamp", "65533 to 65536"),
+        (0, {"address": -1}, ".timestamp.address", "0"),
+        (0, {"address": 10, "table": "input"}, ".timestamp.table", "unknown key"),
+        (0, {"unit": "ms"}, ".timestamp.address", "missing"),
+        (0, {"address": 0}, "", "overlap the value's own registers 0-0"),
+        (1, {"address": 9}, "", "overlap the value's own registers 8-9"),
+        (1, {"address": 6, "type": "uint64"}, "", "6-9 overlap"),
+    ],
+)
+def test_bad_timestamps_name_the_key(
+    tmp_path: Path, index: int, timestamp: dict[str, Any], key_path: str, reason: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, _with_timestamp(index, timestamp))
+    err = info.value
+    assert err.key_path == f"sources[0].registers[{index}]{key_path}"
+    assert reason in err.problem
+    assert str(tmp_path / "edge.yaml") in str(err)
+
+
+def test_a_shared_timestamp_must_be_described_once(tmp_path: Path) -> None:
+    data = _with_timestamp(0, {"address": 20, "unit": "ms", "type": "uint64"})
+    data["sources"][0]["registers"][1]["table"] = "holding"
+    data["sources"][0]["registers"][1]["timestamp"] = {"address": 20, "unit": "s"}
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, data)
+    assert info.value.key_path == "sources[0]"
+    assert "holding 20" in info.value.problem
+    assert "registers[0] and registers[1]" in info.value.problem
+    # The same address in another table is another timestamp.
+    data["sources"][0]["registers"][1]["table"] = "input"
+    load(tmp_path, data)

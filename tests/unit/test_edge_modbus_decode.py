@@ -4,11 +4,12 @@ and by hand."""
 from __future__ import annotations
 
 import struct
+from datetime import UTC, datetime
 
 import pytest
 
-from edge.modbus_config import ModbusRegister
-from edge.sources.modbus import DecodeError, decode_registers, plan_reads, scaled
+from edge.modbus_config import ModbusRegister, ModbusTimestamp
+from edge.sources.modbus import DecodeError, decode_registers, decode_timestamp, plan_reads, scaled
 
 ASSET = "lahore/weaving/line-1/loom-01"
 
@@ -126,3 +127,64 @@ def test_a_request_never_exceeds_125_registers() -> None:
     regs = [_reg("holding", 2 * i, "float32", f"v{i}") for i in range(100)]  # 200 registers
     blocks = plan_reads(regs)
     assert [(b.address, b.count) for b in blocks] == [(0, 124), (124, 76)]
+
+
+# --- device timestamps ------------------------------------------------------------------
+
+
+def _ts(**kw: object) -> ModbusTimestamp:
+    return ModbusTimestamp.model_validate({"address": 20} | kw)
+
+
+def test_uint32_seconds_by_hand() -> None:
+    # 1_700_000_000 s = 0x6553F100 = 2023-11-14 22:13:20 UTC
+    expected = datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC)
+    assert decode_timestamp([0x6553, 0xF100], _ts()) == expected
+    assert decode_timestamp([0xF100, 0x6553], _ts(word_order="little")) == expected
+
+
+@pytest.mark.parametrize("word_order", ["big", "little"])
+def test_uint64_milli_and_microseconds(word_order: str) -> None:
+    when = datetime(2026, 11, 23, 6, 41, 7, 250_000, tzinfo=UTC)
+    ms = 1_795_416_067_250  # `date -d 2026-11-23T06:41:07.250Z +%s%3N`
+    words = list(struct.unpack(">4H", struct.pack(">Q", ms)))
+    if word_order == "little":
+        words.reverse()
+    assert decode_timestamp(words, _ts(type="uint64", unit="ms", word_order=word_order)) == when
+    us_words = list(struct.unpack(">4H", struct.pack(">Q", ms * 1000 + 17)))
+    if word_order == "little":
+        us_words.reverse()
+    got = decode_timestamp(us_words, _ts(type="uint64", unit="us", word_order=word_order))
+    assert got == when.replace(microsecond=250_017)
+
+
+def test_zero_means_the_device_clock_is_not_set() -> None:
+    assert decode_timestamp([0, 0], _ts()) is None
+    assert decode_timestamp([0, 0, 0, 0], _ts(type="uint64", unit="ms")) is None
+
+
+def test_a_timestamp_beyond_the_calendar_is_refused() -> None:
+    with pytest.raises(DecodeError, match="not a date"):
+        decode_timestamp([0xFFFF] * 4, _ts(type="uint64", unit="us"))
+
+
+def test_values_and_their_timestamps_share_a_request() -> None:
+    ts_ms = {"type": "uint64", "unit": "ms"}
+    regs = [
+        _reg("holding", 0, "uint16", "state", timestamp={"address": 14} | ts_ms),  # 0, 14-17
+        _reg("holding", 2, "uint32", "count_total", timestamp={"address": 22} | ts_ms),
+        _reg("holding", 1, "uint16", "mode", timestamp={"address": 18} | ts_ms),  # 1, 18-21
+        _reg("holding", 4, "float32", "speed", timestamp={"address": 14} | ts_ms),  # shared
+        _reg("holding", 6, "float32", "temperature"),  # 6-7
+        _reg("holding", 8, "float32", "power", timestamp={"address": 8 + 2}),  # 8-9, 10-11
+        _reg("holding", 12, "int16", "energy"),  # 12 (13 is not mapped)
+        _reg("input", 0, "uint16", "door", timestamp={"address": 50}),  # far away: own request
+    ]
+    blocks = plan_reads(regs)
+    got = [(b.table, b.address, b.count, sorted(i for i, _ in b.registers)) for b in blocks]
+    assert got == [
+        ("holding", 0, 13, [0, 1, 2, 3, 4, 5, 6]),
+        ("holding", 14, 12, [0, 1, 2, 3]),
+        ("input", 0, 1, [7]),
+        ("input", 50, 2, [7]),
+    ]

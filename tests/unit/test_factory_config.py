@@ -43,6 +43,7 @@ def test_example_factory_loads(example_factory_path: Path) -> None:
         "lahore/weaving/line-1/loom-01",
         "lahore/weaving/line-1/loom-02",
         "lahore/weaving/line-1/loom-03",
+        "lahore/weaving/line-1/loom-04",
         "lahore/dyeing/line-1/dryer-01",
         "lahore/dyeing/line-1/stenter-01",
     ]
@@ -125,4 +126,4 @@ def test_cli_accepts_good_config(example_factory_path: Path) -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    assert "5 machine(s)" in result.stdout
+    assert "6 machine(s)" in result.stdout
