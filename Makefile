@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # Debian packages the test suite starts as real servers.
-TEST_APT_PACKAGES ?= mosquitto
+TEST_APT_PACKAGES ?= mosquitto influxdb victoria-metrics
 DEMO_ARGS ?=
 
 .PHONY: demo test lint bench venv dev-venv system-packages clean
@@ -53,6 +53,7 @@ lint: dev-venv
 bench: venv
 	$(BIN)/python benchmarks/kpi_engine.py
 	$(BIN)/python benchmarks/edge_opcua.py --quick
+	$(BIN)/python benchmarks/ingest.py --quick
 
 clean:
 	rm -rf $(VENV) karkhana-data .pytest_cache .mypy_cache .ruff_cache

@@ -56,9 +56,60 @@ def run(
             "[env KARKHANA_GATEWAY_SHARE_GROUP]",
         ),
     ] = None,
+    store: Annotated[
+        str | None,
+        typer.Option("--store", help="sqlite (default) or influxdb [env KARKHANA_GATEWAY_STORE]"),
+    ] = None,
+    influx_url: Annotated[
+        str | None,
+        typer.Option(
+            "--influx-url",
+            help="InfluxDB URL, e.g. http://127.0.0.1:8086 [env KARKHANA_GATEWAY_INFLUX_URL]",
+        ),
+    ] = None,
+    influx_api: Annotated[
+        str | None,
+        typer.Option(
+            "--influx-api",
+            help="v2 (InfluxDB 2.x/3.x, default) or v1 (InfluxDB 1.x) "
+            "[env KARKHANA_GATEWAY_INFLUX_API]",
+        ),
+    ] = None,
+    influx_db: Annotated[
+        str | None,
+        typer.Option(
+            "--influx-db",
+            help="database (1.x) or bucket (2.x/3.x), default karkhana "
+            "[env KARKHANA_GATEWAY_INFLUX_DB]; credentials only from the environment: "
+            "KARKHANA_GATEWAY_INFLUX_TOKEN, or _INFLUX_USERNAME and _INFLUX_PASSWORD",
+        ),
+    ] = None,
+    influx_org: Annotated[
+        str | None,
+        typer.Option("--influx-org", help="InfluxDB 2.x org [env KARKHANA_GATEWAY_INFLUX_ORG]"),
+    ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            help="serve Prometheus /metrics on this port (off by default) "
+            "[env KARKHANA_GATEWAY_METRICS_PORT]",
+        ),
+    ] = None,
 ) -> None:
     """Consume edge envelopes and write them to the store until SIGINT/SIGTERM."""
-    settings = load_settings(broker=broker, db=db, client_id=client_id, share_group=share_group)
+    settings = load_settings(
+        broker=broker,
+        db=db,
+        client_id=client_id,
+        share_group=share_group,
+        store=store,
+        influx_url=influx_url,
+        influx_api=influx_api,
+        influx_db=influx_db,
+        influx_org=influx_org,
+        metrics_port=metrics_port,
+    )
     asyncio.run(serve(settings))
 
 

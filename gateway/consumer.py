@@ -5,7 +5,10 @@
 - Manual acknowledgement: a message is acknowledged only after the batch containing it is
   committed (``acknowledge`` is called by the writer thread).
 - Backpressure: decoded messages go into the bounded inbox; when it is full, the paho
-  thread blocks in ``put`` and stops reading the socket.
+  thread blocks in ``put`` and stops reading the socket. With MQTT v5 the CONNECT also
+  announces ``receive_maximum``, the most unacknowledged messages the broker may send.
+- Decoding runs here, in the network thread, so the writer thread only batches and writes:
+  the two overlap where either is inside C code (msgspec, socket reads, SQLite).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from gateway.deadletters import DeadLetter, dead_letter_json
 from gateway.decode import EnvelopeDecoder
 from gateway.settings import GatewaySettings
+from gateway.stats import GatewayStats
 from gateway.writer import Inbound
 from karkhana import topics
 
@@ -54,11 +58,16 @@ class MqttConsumer:
     """
 
     def __init__(
-        self, settings: GatewaySettings, decoder: EnvelopeDecoder, inbox: queue.Queue[object]
+        self,
+        settings: GatewaySettings,
+        decoder: EnvelopeDecoder,
+        inbox: queue.Queue[object],
+        stats: GatewayStats | None = None,
     ) -> None:
         self._settings = settings
         self._decoder = decoder
         self._inbox = inbox
+        self._stats = stats if stats is not None else GatewayStats()
         self._stopping = False
         self._generation = 0
         self._ack_lock = threading.Lock()
@@ -121,6 +130,7 @@ class MqttConsumer:
         if s.mqtt_v5:
             properties = Properties(PacketTypes.CONNECT)
             properties.SessionExpiryInterval = s.session_expiry_s
+            properties.ReceiveMaximum = s.receive_maximum
         self._client.connect_async(
             s.broker_host,
             s.broker_port,
@@ -256,6 +266,10 @@ class MqttConsumer:
                 topic = "<topic is not valid UTF-8>"
             result = self._decoder.decode(topic, bytes(msg.payload), time.time_ns())
             token = AckToken(msg.mid, msg.qos, self._generation)
+            # Only this thread writes these two counters; readers may see them a message late.
+            stats = self._stats
+            stats.messages_received += 1
+            stats.samples_received += len(result.samples)
             self._inbox.put(Inbound(result, token))  # blocks when full: backpressure
         except Exception:
             # Never let a message kill the network thread; it stays unacknowledged.

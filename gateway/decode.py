@@ -12,7 +12,8 @@ import logging
 import math
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -44,14 +45,6 @@ class _Sample(msgspec.Struct):
     unit: str | None = None
 
 
-class _Envelope(msgspec.Struct):
-    v: int
-    agent: str
-    seq: int
-    sent: datetime
-    samples: list[_Sample]
-
-
 class _LooseEnvelope(msgspec.Struct):
     v: int
     agent: str
@@ -64,7 +57,41 @@ class _Head(msgspec.Struct):
     v: object = None
 
 
-_decode_envelope = msgspec.json.Decoder(_Envelope).decode
+# The fast path's structs: msgspec checks every per-field rule in C, so the Python loop per
+# sample only checks names (cached), the time window, and converts the timestamp. Anything
+# these reject goes to the slow path, which finds the precise reasons.
+_Checked = msgspec.Meta
+_FastValue = (
+    bool
+    | Annotated[int, _Checked(ge=INT64_MIN, le=INT64_MAX)]
+    | float
+    | Annotated[str, _Checked(max_length=MAX_STR_VALUE_CHARS)]
+)
+
+
+class _FastSample(msgspec.Struct):
+    asset: str
+    signal: str
+    ts: Annotated[datetime, _Checked(tz=True)]
+    value: _FastValue
+    quality: Literal["good", "uncertain", "bad"] = "good"
+    unit: Annotated[str, _Checked(max_length=MAX_UNIT_CHARS)] | None = None
+
+
+class _FastEnvelope(msgspec.Struct):
+    v: int
+    agent: str
+    seq: Annotated[int, _Checked(ge=0, le=INT64_MAX)]
+    sent: Annotated[datetime, _Checked(tz=True)]
+    samples: Annotated[
+        list[_FastSample], _Checked(min_length=1, max_length=MAX_SAMPLES_PER_MESSAGE)
+    ]
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+_decode_envelope = msgspec.json.Decoder(_FastEnvelope).decode
 _decode_loose = msgspec.json.Decoder(_LooseEnvelope).decode
 _decode_head = msgspec.json.Decoder(_Head).decode
 _decode_sample = msgspec.json.Decoder(_Sample).decode
@@ -83,9 +110,13 @@ class DecodeLimits:
         return to_ns(self.min_ts)
 
 
-@dataclass(frozen=True, slots=True)
-class NormalizedSample:
-    """A validated sample: UTC nanoseconds, native value, quality name."""
+class NormalizedSample(msgspec.Struct, frozen=True, gc=False):
+    """A validated sample: UTC nanoseconds, native value, quality name.
+
+    A msgspec struct rather than a dataclass: one is built per sample on the hot path, and
+    this is ten times cheaper to build than a frozen dataclass (``gc=False``: it only holds
+    atoms, so the cycle collector need not track it).
+    """
 
     asset: str
     signal: str
@@ -189,12 +220,22 @@ class EnvelopeDecoder:
         self._min_ns = self.limits.min_ns
         self._min_text = _format_min(self.limits.min_ts)
         self._max_future_ns = int(self.limits.max_future_s * 1_000_000_000)
-        self._known_pairs: set[tuple[str, str]] = set()
+        self._known_pairs: dict[tuple[str, str], tuple[str, str]] = {}
+        """Valid (asset, signal) pairs, each mapped to itself: samples share these strings
+        instead of keeping the copies each decode makes (less memory per queued sample)."""
 
     def decode(self, topic: str, payload: bytes, received_ns: int) -> DecodeResult:
         """Decode one message received at ``received_ns`` (Unix ns). Never raises."""
         try:
             return self._decode(topic, payload, received_ns)
+        except RecursionError:
+            # msgspec stops at the interpreter's recursion limit (about 1000 levels).
+            return DecodeResult(
+                topic=topic,
+                payload=payload,
+                received_ns=received_ns,
+                reason="payload is nested too deeply (JSON arrays/objects beyond the depth limit)",
+            )
         except Exception as exc:
             # A gap in the checks must not stop ingestion: the message is a dead letter.
             log.exception("unexpected error decoding a message on %s", topic)
@@ -233,9 +274,17 @@ class EnvelopeDecoder:
         result.seq = envelope.seq
         errors: list[str] = []
         max_ns = received_ns + self._max_future_ns
+        min_ns = self._min_ns
+        known = self._known_pairs
         append = result.samples.append
-        for index, sample in enumerate(envelope.samples):
-            checked = self._check_sample(sample, max_ns)
+        for index, s in enumerate(envelope.samples):
+            # Hot loop: the common case inline; anything unusual takes the full check.
+            ts_ns = (s.ts - _EPOCH) // _MICROSECOND * 1000
+            pair = known.get((s.asset, s.signal))
+            if pair is not None and min_ns <= ts_ns <= max_ns:
+                append(NormalizedSample(pair[0], pair[1], ts_ns, s.value, s.quality, s.unit))
+                continue
+            checked = self._check_sample(s, max_ns)
             if isinstance(checked, str):
                 errors.append(f"samples[{index}].{checked}")
             else:
@@ -306,20 +355,20 @@ class EnvelopeDecoder:
             return f"samples: {count} samples (max {MAX_SAMPLES_PER_MESSAGE})"
         return None
 
-    def _check_sample(self, s: _Sample, max_ns: int) -> NormalizedSample | str:
+    def _check_sample(self, s: _Sample | _FastSample, max_ns: int) -> NormalizedSample | str:
         """A normalized sample, or the problem as ``field: reason``."""
         pair = (s.asset, s.signal)
         if pair not in self._known_pairs:
-            if not ASSET_PATH_RE.match(s.asset):
+            if not ASSET_PATH_RE.fullmatch(s.asset):
                 return (
                     f"asset: {_shown(s.asset)} is not site/area/line/machine "
                     "(lower-case letters, digits, '-' and '_')"
                 )
-            if not SIGNAL_RE.match(s.signal):
+            if not SIGNAL_RE.fullmatch(s.signal):
                 return f"signal: {_shown(s.signal)} does not match {SIGNAL_RE.pattern}"
             if len(self._known_pairs) >= _KNOWN_PAIRS_MAX:
                 self._known_pairs.clear()
-            self._known_pairs.add(pair)
+            self._known_pairs[pair] = pair
         ts = s.ts
         if ts.tzinfo is None:
             return f"ts: timestamp {ts.isoformat()} has no timezone (UTC offset or Z required)"

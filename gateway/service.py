@@ -9,13 +9,31 @@ from types import TracebackType
 
 from gateway.consumer import MqttConsumer
 from gateway.decode import DecodeLimits, EnvelopeDecoder
+from gateway.metrics import GatewayCollector, InboxGauges, MetricsServer
+from gateway.retention import RetentionRunner, SqliteRetention
 from gateway.settings import GatewaySettings
 from gateway.stats import GatewayStats
 from gateway.stores.base import Store
 from gateway.stores.sqlite import SqliteStore
-from gateway.writer import BatchWriter, Inbound
+from gateway.uns import UnsMirror
+from gateway.writer import BatchWriter, Inbound, Inbox, OnCommit
 
 log = logging.getLogger(__name__)
+
+
+def open_store(settings: GatewaySettings) -> Store:
+    """The store ``settings.store`` selects (blocking; raises StoreError)."""
+    if settings.store == "influxdb":
+        from gateway.stores.influx import InfluxStore  # influxdb-client loads only when used
+
+        return InfluxStore.open(settings.influx_target())
+    return SqliteStore.open(settings.db)
+
+
+def store_location(settings: GatewaySettings) -> str:
+    if settings.store == "influxdb":
+        return f"InfluxDB {settings.influx_target().location}"
+    return str(settings.db)
 
 
 class Gateway:
@@ -28,7 +46,7 @@ class Gateway:
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
         self._stats = GatewayStats()
-        self._inbox: queue.Queue[object] = queue.Queue(maxsize=settings.queue_max_messages)
+        self._inbox = Inbox(settings.queue_max_messages, settings.queue_max_samples)
         self._decoder = EnvelopeDecoder(
             DecodeLimits(
                 max_payload_bytes=settings.max_payload_bytes,
@@ -38,6 +56,11 @@ class Gateway:
         )
         self._consumer: MqttConsumer | None = None
         self._writer: BatchWriter | None = None
+        self.metrics: MetricsServer | None = None
+        """The ``/metrics`` endpoint while running, when ``settings.metrics_port`` is set."""
+        self.uns: UnsMirror | None = None
+        """The UNS mirror while running, when ``settings.uns_mirror`` is set."""
+        self._retention: RetentionRunner | None = None
 
     @property
     def stats(self) -> GatewayStats:
@@ -45,13 +68,17 @@ class Gateway:
         return self._stats.snapshot()
 
     async def __aenter__(self) -> Gateway:
-        store: Store = await asyncio.to_thread(SqliteStore.open, self.settings.db)
-        consumer = MqttConsumer(self.settings, self._decoder, self._inbox)
+        store = await asyncio.to_thread(open_store, self.settings)
+        consumer = MqttConsumer(self.settings, self._decoder, self._inbox, self._stats)
+        on_commit: OnCommit = consumer.acknowledge
+        if self.settings.uns_mirror:
+            self.uns = UnsMirror(self.settings)
+            on_commit = self.uns.after(consumer.acknowledge)
         writer = BatchWriter(
             store,
             self._inbox,
             stats=self._stats,
-            on_commit=consumer.acknowledge,
+            on_commit=on_commit,
             max_samples=self.settings.batch_max_samples,
             max_delay_s=self.settings.batch_max_delay_s,
             deadletter_payload_max=self.settings.deadletter_payload_max,
@@ -62,14 +89,46 @@ class Gateway:
             store.close()
             raise
         self._writer = writer
+        if self.uns is not None:
+            self.uns.start()
         try:
             await consumer.start()
         except BaseException:
             await self._stop_writer()
+            await self._stop_uns()
             raise
         self._consumer = consumer
-        log.info("gateway writing to %s", self.settings.db)
+        log.info("gateway writing to %s", store_location(self.settings))
+        self._start_retention()
+        if self.settings.metrics_port is not None:
+            try:
+                self.metrics = await self._start_metrics(self.settings.metrics_port)
+            except BaseException:
+                await self.__aexit__(None, None, None)
+                raise
         return self
+
+    def _start_retention(self) -> None:
+        policy = self.settings.retention_policy()
+        if not policy.enabled:
+            return
+        if self.settings.store != "sqlite":
+            log.warning(
+                "retention and downsampling settings apply to the SQLite store only; "
+                "use the retention policies of %s",
+                store_location(self.settings),
+            )
+            return
+        retention = SqliteRetention(self.settings.db, policy)
+        self._retention = RetentionRunner(retention, self.settings.retention_interval_s)
+        self._retention.start()
+
+    async def _start_metrics(self, port: int) -> MetricsServer:
+        inbox = self._inbox
+        collector = GatewayCollector(
+            self._stats.snapshot, InboxGauges(inbox.messages, lambda: inbox.samples)
+        )
+        return await MetricsServer(collector, self.settings.metrics_host, port).__aenter__()
 
     async def __aexit__(
         self,
@@ -77,10 +136,17 @@ class Gateway:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        metrics, self.metrics = self.metrics, None
+        if metrics is not None:
+            await metrics.__aexit__(None, None, None)
         consumer = self._consumer
         if consumer is not None:
             consumer.stop_intake()
+        retention, self._retention = self._retention, None
+        if retention is not None:
+            await asyncio.to_thread(retention.stop)  # after its current short chunk
         await self._stop_writer()
+        await self._stop_uns()
         self._discard_unqueued()
         if consumer is not None:
             await consumer.close()
@@ -118,6 +184,12 @@ class Gateway:
         except Exception:
             log.exception("the gateway writer had failed")
         self._writer = None
+
+    async def _stop_uns(self) -> None:
+        """Stop the UNS mirror (after the writer, its only caller)."""
+        uns, self.uns = self.uns, None
+        if uns is not None:
+            await asyncio.to_thread(uns.stop)
 
     def _discard_unqueued(self) -> None:
         """Messages still in the inbox after the writer exited are left unacknowledged.

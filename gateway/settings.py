@@ -7,10 +7,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gateway.retention import DEFAULT_KEEP_RAW, RetentionPolicy
 from karkhana.config.loading import validation_to_config_error
+from karkhana.storage.influx_schema import InfluxSettings
 
 SETTINGS_SOURCE = "gateway settings (KARKHANA_GATEWAY_* environment / command-line options)"
 
@@ -18,8 +20,12 @@ _BROKER_SCHEMES = {"mqtt": 1883, "mqtts": 8883}
 _TOPIC_FORBIDDEN = set("/+#")
 
 
-class GatewaySettings(BaseSettings):
-    """Everything one gateway process needs; built once in ``main()`` and passed down."""
+class GatewaySettings(InfluxSettings, BaseSettings):
+    """Everything one gateway process needs; built once in ``main()`` and passed down.
+
+    The store is chosen by ``store`` (``sqlite``: ``db``; ``influxdb``: the ``influx_*``
+    fields of :class:`~karkhana.storage.influx_schema.InfluxSettings`).
+    """
 
     model_config = SettingsConfigDict(
         env_prefix="KARKHANA_GATEWAY_", extra="forbid", validate_default=True
@@ -33,13 +39,25 @@ class GatewaySettings(BaseSettings):
     share_group: str | None = None
     keepalive_s: int = Field(default=30, ge=5, le=65535)
     session_expiry_s: int = Field(default=7 * 86400, ge=0, le=0xFFFFFFFF)
-    batch_max_samples: int = Field(default=5000, ge=1, le=1_000_000)
+    batch_max_samples: int = Field(default=20_000, ge=1, le=1_000_000)
     batch_max_delay_s: float = Field(default=0.2, gt=0, le=60)
     queue_max_messages: int = Field(default=10_000, ge=1, le=10_000_000)
+    queue_max_samples: int = Field(default=200_000, ge=1, le=100_000_000)
+    receive_maximum: int = Field(default=1000, ge=1, le=65_535)
     max_payload_bytes: int = Field(default=1_000_000, ge=64)
     max_future_s: float = Field(default=86400 * 2, ge=0)
     min_ts: datetime = datetime(2000, 1, 1, tzinfo=UTC)
     deadletter_payload_max: int = Field(default=4096, ge=0)
+    # Retention and downsampling of the SQLite store (docs/gateway.md); None: keep all.
+    retention_days: float | None = Field(default=None, gt=0)
+    downsample_after_days: float | None = Field(default=None, gt=0)
+    downsample_bucket_s: float = Field(default=60.0, gt=0, le=86400)
+    downsample_keep_raw: list[str] = Field(default_factory=lambda: list(DEFAULT_KEEP_RAW))
+    deadletter_retention_days: float | None = Field(default=None, gt=0)
+    retention_interval_s: float = Field(default=600.0, ge=1)
+    uns_mirror: bool = False
+    metrics_port: int | None = Field(default=None, ge=0, le=65_535)
+    metrics_host: str = "127.0.0.1"
 
     @field_validator("broker")
     @classmethod
@@ -83,6 +101,17 @@ class GatewaySettings(BaseSettings):
             raise ValueError(f"client id {value!r} must not contain '/', '+', '#' or spaces")
         return value
 
+    @field_validator("downsample_after_days")
+    @classmethod
+    def _check_downsample_after(cls, value: float | None, info: ValidationInfo) -> float | None:
+        retention = info.data.get("retention_days")
+        if value is not None and retention is not None and value >= retention:
+            raise ValueError(
+                f"downsample_after_days ({value:g}) must be less than retention_days "
+                f"({retention:g}); samples are deleted before they would be downsampled"
+            )
+        return value
+
     @field_validator("min_ts")
     @classmethod
     def _check_min_ts(cls, value: datetime) -> datetime:
@@ -104,6 +133,15 @@ class GatewaySettings(BaseSettings):
     @property
     def broker_tls(self) -> bool:
         return urlsplit(self.broker).scheme == "mqtts"
+
+    def retention_policy(self) -> RetentionPolicy:
+        return RetentionPolicy(
+            retention_days=self.retention_days,
+            downsample_after_days=self.downsample_after_days,
+            downsample_bucket_s=self.downsample_bucket_s,
+            keep_raw=tuple(self.downsample_keep_raw),
+            deadletter_retention_days=self.deadletter_retention_days,
+        )
 
     @property
     def mqtt_v5(self) -> bool:

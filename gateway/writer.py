@@ -15,6 +15,7 @@ import logging
 import queue
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,6 +33,13 @@ STOP = object()
 
 RETRY_MIN_S = 0.5
 RETRY_MAX_S = 15.0
+RECENT_ENVELOPES = 100_000
+"""How many committed (agent, seq) keys the writer remembers to skip redelivered envelopes.
+
+The exact key, not a per-agent high-water mark: with several gateways on one shared
+subscription, or a redelivery after a reconnect, envelopes of one agent arrive out of order,
+and an older seq is not a duplicate just because a newer one was committed. Anything this
+window misses (a restart) is still harmless: the store keys samples by (series, ts)."""
 
 
 @dataclass(slots=True)
@@ -46,6 +54,45 @@ OnCommit = Callable[[list[Inbound], list[DeadLetter]], None]
 """Called (in the writer thread) with every message of a committed batch."""
 
 
+class Inbox(queue.Queue[object]):
+    """The bounded queue between the network thread and the writer.
+
+    Bounded twice: by messages (``max_messages``) and by the samples they carry
+    (``max_samples``), so memory stays bounded whatever the envelopes' size. A put blocks
+    while either bound is reached (backpressure); a single message larger than
+    ``max_samples`` is still accepted when the inbox is empty, so it cannot block forever.
+    """
+
+    def __init__(self, max_messages: int, max_samples: int) -> None:
+        super().__init__(maxsize=max_messages)
+        self.max_samples = max_samples
+        self.samples = 0
+        """Samples of the queued messages (read without the lock for metrics)."""
+
+    # queue.Queue calls these with its mutex held; ``_qsize`` reporting "full" while the
+    # sample bound is reached is what makes ``put`` wait.
+    def _qsize(self) -> int:
+        queued = len(self.queue)
+        if queued and self.samples >= self.max_samples:
+            return max(queued, self.maxsize)
+        return queued
+
+    def _put(self, item: object) -> None:
+        if isinstance(item, Inbound):
+            self.samples += len(item.result.samples)
+        self.queue.append(item)
+
+    def _get(self) -> object:
+        item = self.queue.popleft()
+        if isinstance(item, Inbound):
+            self.samples -= len(item.result.samples)
+        return item
+
+    def messages(self) -> int:
+        """Messages queued (``qsize`` reports the inbox full while the sample bound is hit)."""
+        return len(self.queue)
+
+
 class BatchWriter:
     """Owns one thread that is the only user of ``store``; closes the store when done."""
 
@@ -56,7 +103,7 @@ class BatchWriter:
         *,
         stats: GatewayStats,
         on_commit: OnCommit,
-        max_samples: int = 5000,
+        max_samples: int = 20_000,
         max_delay_s: float = 0.2,
         deadletter_payload_max: int = 4096,
     ) -> None:
@@ -68,7 +115,8 @@ class BatchWriter:
         self._max_delay_s = max_delay_s
         self._payload_max = deadletter_payload_max
         self._stop = threading.Event()
-        self._marks: dict[str, int] = {}
+        # Envelopes committed lately, (agent, seq) -> None in commit order (a bounded set).
+        self._recent: OrderedDict[tuple[str, int], None] = OrderedDict()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._done: asyncio.Future[None] | None = None
@@ -77,7 +125,6 @@ class BatchWriter:
         """Start the thread (call from the event loop that awaits :attr:`done`)."""
         self._loop = asyncio.get_running_loop()
         self._done = self._loop.create_future()
-        self._marks = self._store.high_water_marks()
         self._thread = threading.Thread(target=self._main, name="karkhana-gateway-writer")
         self._thread.start()
 
@@ -170,27 +217,30 @@ class BatchWriter:
             if isinstance(item, Inbound):
                 items.append(item)
 
+    def _remember(self, keys: set[tuple[str, int]]) -> None:
+        recent = self._recent
+        for key in keys:
+            recent[key] = None
+        while len(recent) > RECENT_ENVELOPES:
+            recent.popitem(last=False)
+
     def _commit(self, items: list[Inbound]) -> bool:
         """Write ``items`` in one transaction (retrying on store errors); then acknowledge."""
         batch = Batch()
         pending: dict[str, int] = {}
+        keys: set[tuple[str, int]] = set()
         duplicates = 0
         for item in items:
             result = item.result
             if result.seq is not None and result.agent is not None:
-                mark = pending.get(result.agent)
-                if mark is None:
-                    mark = self._marks.get(result.agent, -1)
-                if result.seq <= mark:
+                key = (result.agent, result.seq)
+                if key in self._recent or key in keys:
                     duplicates += 1
-                    log.debug(
-                        "duplicate envelope %s seq %d (committed up to %d) skipped",
-                        result.agent,
-                        result.seq,
-                        mark,
-                    )
+                    log.debug("duplicate envelope %s seq %d skipped", result.agent, result.seq)
                     continue
-                pending[result.agent] = result.seq
+                keys.add(key)
+                if result.seq > pending.get(result.agent, -1):
+                    pending[result.agent] = result.seq
                 batch.samples.extend(result.samples)
             if result.reason is not None:
                 batch.dead_letters.append(dead_letter_from(result, self._payload_max))
@@ -200,7 +250,9 @@ class BatchWriter:
         delay = RETRY_MIN_S
         while True:
             try:
+                started = time.perf_counter()
                 written = self._store.write(batch)
+                write_s = time.perf_counter() - started
                 break
             except StoreError as exc:
                 with self._stats.lock:
@@ -219,9 +271,13 @@ class BatchWriter:
                     return False
                 delay = min(delay * 2, RETRY_MAX_S)
 
-        self._marks.update(pending)
+        self._remember(keys)
+        oldest_ns = min(item.result.received_ns for item in items)
         stats = self._stats
         with stats.lock:
+            stats.batch_samples.observe(len(batch.samples))
+            stats.write_seconds.observe(write_s)
+            stats.commit_lag_s = max(0.0, (time.time_ns() - oldest_ns) / 1e9)
             stats.messages += len(items)
             stats.samples_written += written.samples_written
             stats.samples_duplicate += written.samples_duplicate

@@ -11,6 +11,7 @@ import logging
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +164,33 @@ class SqliteReader:
     def sample_count(self) -> int:
         rows = self._query("SELECT COUNT(*) FROM samples")
         return int(rows[0][0]) if rows else 0
+
+    # --- dead letters -----------------------------------------------------------------
+
+    def dead_letters(self, limit: int, before_id: int | None = None) -> list[StoredDeadLetter]:
+        """Up to ``limit`` dead letters with an id below ``before_id``, newest first."""
+        rows = self._query(
+            "SELECT id, received_ns, topic, reason, payload, payload_size FROM dead_letters "
+            "WHERE id < ? ORDER BY id DESC LIMIT ?",
+            (before_id if before_id is not None else 2**63 - 1, limit),
+        )
+        return [StoredDeadLetter(r[0], r[1], r[2], r[3], bytes(r[4]), r[5]) for r in rows]
+
+    def dead_letter_count(self) -> int:
+        rows = self._query("SELECT COUNT(*) FROM dead_letters")
+        return int(rows[0][0]) if rows else 0
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDeadLetter:
+    """A row of the ``dead_letters`` table (``payload`` is truncated by the gateway)."""
+
+    id: int
+    received_ns: int
+    topic: str
+    reason: str
+    payload: bytes
+    payload_size: int
 
 
 @contextmanager

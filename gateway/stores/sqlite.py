@@ -12,9 +12,21 @@ from pathlib import Path
 
 from gateway.stores.base import Batch, WriteResult
 from karkhana.errors import StoreError
-from karkhana.storage.sqlite_schema import QUALITY_CODES, connect, encode_value
+from karkhana.storage.sqlite_schema import QUALITY_CODES, ValueType, connect, encode_value
 
 log = logging.getLogger(__name__)
+
+CACHE_MIB = 32
+"""SQLite page cache of the writer's connection: with many series, each batch touches one
+B-tree leaf per series; the default 2 MiB cache would re-read them from the OS every batch."""
+
+# sqlite3 binds bool as an integer (0/1), so the value needs no conversion; only the type code.
+_VTYPES: dict[type, int] = {
+    float: int(ValueType.FLOAT),
+    int: int(ValueType.INT),
+    bool: int(ValueType.BOOL),
+    str: int(ValueType.STR),
+}
 
 _INSERT_SAMPLE = (
     "INSERT OR IGNORE INTO samples (series_id, ts_ns, value, vtype, quality) VALUES (?, ?, ?, ?, ?)"
@@ -51,6 +63,7 @@ class SqliteStore:
         p = Path(path)
         try:
             conn = connect(p)
+            conn.execute(f"PRAGMA cache_size = -{CACHE_MIB * 1024}")
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open SQLite store {p}: {exc}") from exc
         store = cls(conn, p)
@@ -75,20 +88,24 @@ class SqliteStore:
         staged: dict[tuple[str, str], tuple[int, str | None]] = {}
         try:
             conn.execute("BEGIN IMMEDIATE")
-            rows = []
+            rows: list[tuple[int, int, object, int, int]] = []
+            append = rows.append
             series = self._series
             quality_codes = QUALITY_CODES
+            vtypes = _VTYPES
             for s in batch.samples:
+                # Hot loop: a known series with an unchanged unit is two dict lookups.
                 key = (s.asset, s.signal)
-                entry = staged.get(key) or series.get(key)
-                if entry is None:
-                    sid, unit = conn.execute(_UPSERT_SERIES, (s.asset, s.signal, s.unit)).fetchone()
-                    entry = staged[key] = (sid, unit)
-                elif s.unit is not None and s.unit != entry[1]:
-                    conn.execute(_UPDATE_UNIT, (s.unit, entry[0]))
-                    entry = staged[key] = (entry[0], s.unit)
-                raw, vtype = encode_value(s.value)
-                rows.append((entry[0], s.ts_ns, raw, int(vtype), quality_codes[s.quality]))
+                entry = (staged.get(key) if staged else None) or series.get(key)
+                unit = s.unit
+                if entry is None or (unit is not None and unit != entry[1]):
+                    entry = self._stage_series(key, unit, entry, staged)
+                value = s.value
+                vtype = vtypes.get(type(value))
+                if vtype is None:  # a subclass of a value type: normalize it
+                    value, code = encode_value(value)
+                    vtype = int(code)
+                append((entry[0], s.ts_ns, value, vtype, quality_codes[s.quality]))
             before = conn.total_changes
             conn.executemany(_INSERT_SAMPLE, rows)
             written = conn.total_changes - before
@@ -114,6 +131,23 @@ class SqliteStore:
             raise
         series.update(staged)
         return WriteResult(samples_written=written, samples_duplicate=len(rows) - written)
+
+    def _stage_series(
+        self,
+        key: tuple[str, str],
+        unit: str | None,
+        entry: tuple[int, str | None] | None,
+        staged: dict[tuple[str, str], tuple[int, str | None]],
+    ) -> tuple[int, str | None]:
+        """Create the series or record its new unit, inside the open transaction."""
+        if entry is None:
+            sid, stored_unit = self._conn.execute(_UPSERT_SERIES, (*key, unit)).fetchone()
+            entry = (sid, stored_unit)
+        else:
+            self._conn.execute(_UPDATE_UNIT, (unit, entry[0]))
+            entry = (entry[0], unit)
+        staged[key] = entry
+        return entry
 
     def _rollback(self) -> None:
         try:

@@ -11,8 +11,9 @@ from fastapi.responses import JSONResponse
 
 from karkhana.config.factory import load_factory
 from karkhana.errors import StoreError
-from services.api.routes import assets, health, kpi
+from services.api.routes import assets, deadletters, health, kpi
 from services.api.settings import ApiSettings
+from services.influx_reader import InfluxSource
 
 __all__ = ["ApiSettings", "create_app"]
 
@@ -31,9 +32,17 @@ def create_app(settings: ApiSettings) -> FastAPI:
             "API serving %d machine(s) of %s from %s",
             len(factory.machines()),
             settings.factory,
-            settings.db,
+            settings.store_location,
         )
-        yield
+        if settings.store != "influxdb":
+            yield
+            return
+        # One pooled connection for the process; each request takes a reader from it.
+        app.state.influx = InfluxSource(settings.influx_target())
+        try:
+            yield
+        finally:
+            app.state.influx.close()
 
     app = FastAPI(
         title="karkhana",
@@ -45,6 +54,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.include_router(health.router)
     app.include_router(assets.router, prefix="/api/v1")
     app.include_router(kpi.router, prefix="/api/v1")
+    app.include_router(deadletters.router, prefix="/api/v1")
 
     @app.exception_handler(StoreError)
     async def _store_error(request: Request, exc: StoreError) -> JSONResponse:

@@ -9,9 +9,13 @@ from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from karkhana.config.loading import validation_to_config_error
+from karkhana.storage.influx_schema import InfluxSettings
 
 
-class ApiSettings(BaseSettings):
+class ApiSettings(InfluxSettings, BaseSettings):
+    """The store is chosen by ``store``: ``sqlite`` reads ``db``, ``influxdb`` the
+    ``influx_*`` fields (env ``KARKHANA_API_STORE``, ``KARKHANA_API_INFLUX_URL``, ...)."""
+
     model_config = SettingsConfigDict(env_prefix="KARKHANA_API_", extra="forbid")
 
     factory: Path = Field(description="factory.yaml describing the assets and calendars")
@@ -22,6 +26,13 @@ class ApiSettings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535)
     max_gap_s: float = Field(default=300.0, gt=0, description="coverage: max freshness per sample")
     max_window_days: float = Field(default=93, gt=0, description="longest KPI window accepted")
+
+    @property
+    def store_location(self) -> str:
+        """The store, as health checks and logs show it."""
+        if self.store == "influxdb":
+            return f"InfluxDB {self.influx_target().location}"
+        return str(self.db)
 
 
 def load_settings(**overrides: Any) -> ApiSettings:

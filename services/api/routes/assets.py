@@ -6,17 +6,16 @@ from fastapi import APIRouter
 
 from karkhana.config.factory import MachineRef
 from karkhana.models import from_ns, iso_utc
-from services.api.deps import FactoryDep, ReaderDep
+from services.api.deps import FactoryDep, ReaderDep, StoreReader
 from services.api.schemas import AreaNode, AssetTree, LineNode, MachineNode, SiteNode
 from services.kpi import current_state
-from services.store import SqliteReader
 
 router = APIRouter(tags=["assets"])
 
 _LATEST = 2**63 - 1
 
 
-def _machine_node(ref: MachineRef, reader: SqliteReader) -> MachineNode:
+def _machine_node(ref: MachineRef, reader: StoreReader) -> MachineNode:
     now = current_state(
         reader.points_before(ref.path, ref.machine.signals.state, _LATEST), ref.state_map
     )

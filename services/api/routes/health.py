@@ -14,6 +14,6 @@ router = APIRouter(tags=["health"])
 def health(settings: SettingsDep, reader: ReaderDep) -> Health:
     return Health(
         store=StoreHealth(
-            path=str(settings.db), exists=reader.exists, samples=reader.sample_count()
+            path=settings.store_location, exists=reader.exists, samples=reader.sample_count()
         )
     )

@@ -1,0 +1,298 @@
+"""Retention and downsampling of the SQLite store, on its own connection and thread.
+
+- **Retention**: samples older than ``retention_days`` are deleted, except the newest one
+  of each series before the cutoff, so the state in force and the counter baseline at the
+  cutoff stay known. Dead letters older than ``deadletter_retention_days`` are deleted.
+- **Downsampling** of numeric gauges: after ``downsample_after_days``, the float samples of
+  a series are reduced to the first and the last of each ``downsample_bucket_s`` bucket.
+  Only float values are candidates, and never those of signals matching ``keep_raw``
+  (state, mode, counters, energy by default): KPIs need every state change and counter value.
+  The kept samples are real ones (value, quality and time as received); the last of a
+  bucket is the value in force at its end, and keeping the first too leaves the data
+  coverage the KPI engine computes unchanged as long as the bucket is at most its
+  ``max_gap_s``.
+
+Work is done in transactions of about ``chunk_rows`` rows, so the gateway's writer waits
+at most one short chunk for the database lock.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from karkhana.errors import StoreError
+from karkhana.models import from_ns, iso_utc
+from karkhana.storage.sqlite_schema import ValueType, connect
+
+log = logging.getLogger(__name__)
+
+DAY_NS = 86_400 * 1_000_000_000
+WATERMARK_KEY = "downsampled_until_ns"
+"""``meta`` key: float samples before this time are already downsampled."""
+DEFAULT_KEEP_RAW = ("state*", "mode*", "count*", "*counter*", "energy*")
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionPolicy:
+    retention_days: float | None = None
+    downsample_after_days: float | None = None
+    downsample_bucket_s: float = 60.0
+    keep_raw: tuple[str, ...] = DEFAULT_KEEP_RAW
+    """fnmatch patterns of signal names never downsampled."""
+    deadletter_retention_days: float | None = None
+    chunk_rows: int = 5000
+
+    @property
+    def enabled(self) -> bool:
+        return any(
+            days is not None
+            for days in (
+                self.retention_days,
+                self.downsample_after_days,
+                self.deadletter_retention_days,
+            )
+        )
+
+    def keeps_raw(self, signal: str) -> bool:
+        return any(fnmatch.fnmatchcase(signal, pattern) for pattern in self.keep_raw)
+
+
+@dataclass(slots=True)
+class RetentionReport:
+    samples_deleted: int = 0
+    """Samples older than the retention cutoff."""
+    samples_downsampled: int = 0
+    """Float samples removed by downsampling."""
+    dead_letters_deleted: int = 0
+
+    @property
+    def removed(self) -> int:
+        return self.samples_deleted + self.samples_downsampled + self.dead_letters_deleted
+
+
+class SqliteRetention:
+    """Applies a :class:`RetentionPolicy` to one SQLite store file (blocking calls)."""
+
+    def __init__(self, path: Path, policy: RetentionPolicy) -> None:
+        self.path = path
+        self.policy = policy
+        self._bucket_ns = max(1, int(policy.downsample_bucket_s * 1_000_000_000))
+
+    def run_once(self, now_ns: int, stop: threading.Event | None = None) -> RetentionReport:
+        """One pass; returns what it removed. ``stop`` ends it between chunks."""
+        stop = stop or threading.Event()
+        report = RetentionReport()
+        try:
+            conn = connect(self.path)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"retention cannot open the SQLite store {self.path}: {exc}") from exc
+        try:
+            self._pass(conn, now_ns, stop, report)
+        except sqlite3.Error as exc:
+            raise StoreError(f"retention on the SQLite store {self.path} failed: {exc}") from exc
+        finally:
+            conn.close()
+        if report.removed:
+            log.info(
+                "retention on %s: %d old sample(s) deleted, %d gauge sample(s) downsampled, "
+                "%d dead letter(s) deleted",
+                self.path,
+                report.samples_deleted,
+                report.samples_downsampled,
+                report.dead_letters_deleted,
+            )
+        return report
+
+    def _pass(
+        self, conn: sqlite3.Connection, now_ns: int, stop: threading.Event, report: RetentionReport
+    ) -> None:
+        p = self.policy
+        series = conn.execute("SELECT id, signal FROM series ORDER BY id").fetchall()
+        if p.retention_days is not None:
+            cutoff = now_ns - int(p.retention_days * DAY_NS)
+            for sid, _ in series:
+                if stop.is_set():
+                    return
+                report.samples_deleted += self._delete_old(conn, sid, cutoff, stop)
+        if p.deadletter_retention_days is not None:
+            cutoff = now_ns - int(p.deadletter_retention_days * DAY_NS)
+            report.dead_letters_deleted += self._delete_dead_letters(conn, cutoff, stop)
+        if p.downsample_after_days is not None:
+            until = now_ns - int(p.downsample_after_days * DAY_NS)
+            until -= until % self._bucket_ns  # whole buckets only
+            report.samples_downsampled += self._downsample(conn, series, until, stop)
+
+    # -- retention -------------------------------------------------------------------------
+
+    def _delete_old(
+        self, conn: sqlite3.Connection, sid: int, cutoff: int, stop: threading.Event
+    ) -> int:
+        """Delete the series' samples before ``cutoff`` except the newest of them."""
+        row = conn.execute(
+            "SELECT max(ts_ns) FROM samples WHERE series_id = ? AND ts_ns < ?", (sid, cutoff)
+        ).fetchone()
+        if row[0] is None:
+            return 0
+        keep_from = int(row[0])
+        deleted = 0
+        while not stop.is_set():
+            boundary = conn.execute(
+                "SELECT ts_ns FROM samples WHERE series_id = ? AND ts_ns < ? "
+                "ORDER BY ts_ns LIMIT 1 OFFSET ?",
+                (sid, keep_from, self.policy.chunk_rows - 1),
+            ).fetchone()
+            upper = int(boundary[0]) + 1 if boundary is not None else keep_from
+            deleted += self._in_transaction(
+                conn, "DELETE FROM samples WHERE series_id = ? AND ts_ns < ?", (sid, upper)
+            )
+            if boundary is None:
+                break
+        return deleted
+
+    def _delete_dead_letters(
+        self, conn: sqlite3.Connection, cutoff: int, stop: threading.Event
+    ) -> int:
+        deleted = 0
+        while not stop.is_set():
+            n = self._in_transaction(
+                conn,
+                "DELETE FROM dead_letters WHERE id IN "
+                "(SELECT id FROM dead_letters WHERE received_ns < ? LIMIT ?)",
+                (cutoff, self.policy.chunk_rows),
+            )
+            deleted += n
+            if n < self.policy.chunk_rows:
+                break
+        return deleted
+
+    # -- downsampling ----------------------------------------------------------------------
+
+    def _downsample(
+        self,
+        conn: sqlite3.Connection,
+        series: list[tuple[int, str]],
+        until: int,
+        stop: threading.Event,
+    ) -> int:
+        row = conn.execute("SELECT value FROM meta WHERE key = ?", (WATERMARK_KEY,)).fetchone()
+        since = int(row[0]) if row is not None else 0
+        if until <= since:
+            return 0
+        removed = 0
+        for sid, signal in series:
+            if self.policy.keeps_raw(signal):
+                continue
+            if stop.is_set():
+                return removed  # the watermark stays: the next pass redoes this range
+            removed += self._downsample_series(conn, sid, since, until, stop)
+        self._in_transaction(
+            conn,
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (WATERMARK_KEY, str(until)),
+        )
+        log.debug("float samples before %s downsampled", iso_utc(from_ns(until)))
+        return removed
+
+    def _downsample_series(
+        self, conn: sqlite3.Connection, sid: int, since: int, until: int, stop: threading.Event
+    ) -> int:
+        bucket = self._bucket_ns
+        float_code = int(ValueType.FLOAT)
+        first = conn.execute(
+            "SELECT min(ts_ns) FROM samples WHERE series_id = ? AND vtype = ? "
+            "AND ts_ns >= ? AND ts_ns < ?",
+            (sid, float_code, since, until),
+        ).fetchone()[0]
+        if first is None:
+            return 0
+        lo = int(first) - int(first) % bucket
+        removed = 0
+        while lo < until and not stop.is_set():
+            # The chunk ends at the bucket holding the chunk_rows-th row (at least one bucket).
+            row = conn.execute(
+                "SELECT ts_ns FROM samples WHERE series_id = ? AND vtype = ? "
+                "AND ts_ns >= ? AND ts_ns < ? ORDER BY ts_ns LIMIT 1 OFFSET ?",
+                (sid, float_code, lo, until, self.policy.chunk_rows),
+            ).fetchone()
+            hi = until if row is None else max(int(row[0]) - int(row[0]) % bucket, lo + bucket)
+            removed += self._in_transaction(
+                conn,
+                "DELETE FROM samples WHERE series_id = :sid AND vtype = :vt "
+                "AND ts_ns >= :lo AND ts_ns < :hi AND ts_ns NOT IN ("
+                " SELECT min(ts_ns) FROM samples WHERE series_id = :sid AND vtype = :vt"
+                " AND ts_ns >= :lo AND ts_ns < :hi GROUP BY ts_ns / :bucket"
+                " UNION ALL"
+                " SELECT max(ts_ns) FROM samples WHERE series_id = :sid AND vtype = :vt"
+                " AND ts_ns >= :lo AND ts_ns < :hi GROUP BY ts_ns / :bucket)",
+                {"sid": sid, "vt": float_code, "lo": lo, "hi": hi, "bucket": bucket},
+            )
+            lo = hi
+        return removed
+
+    @staticmethod
+    def _in_transaction(
+        conn: sqlite3.Connection, sql: str, params: tuple[object, ...] | dict[str, object]
+    ) -> int:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            changed = conn.execute(sql, params).rowcount
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+        return max(changed, 0)
+
+
+class RetentionRunner:
+    """Runs retention every ``interval_s`` in its own thread while the gateway runs.
+
+    ``with RetentionRunner(...)`` starts it (the first pass right away); leaving the block
+    stops it after the current chunk.
+    """
+
+    def __init__(self, retention: SqliteRetention, interval_s: float) -> None:
+        self.retention = retention
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="karkhana-gateway-retention")
+        self.passes = 0
+        self.last_report: RetentionReport | None = None
+
+    def __enter__(self) -> RetentionRunner:
+        self.start()
+        return self
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop after the current chunk and wait for the thread (a short blocking join)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _main(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.last_report = self.retention.run_once(time.time_ns(), self._stop)
+            except StoreError as exc:
+                log.error("%s; retrying in %.0f s", exc, self.interval_s)
+            self.passes += 1
+            if self._stop.wait(self.interval_s):
+                return
