@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from edge.sources.mqtt import MqttSourceStats
 from edge.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
@@ -64,13 +65,47 @@ class EdgeCollector(Collector):
             "1 while the source is connected",
             labels=["agent", "source"],
         )
+        failures = CounterMetricFamily(
+            "karkhana_edge_source_connect_failures",
+            "Connection attempts of a source that failed (refused, unreachable, not trusted)",
+            labels=["agent", "source"],
+        )
+        source_dropped = CounterMetricFamily(
+            "karkhana_edge_source_dropped",
+            "Readings a source dropped because the agent fell far behind (logged)",
+            labels=["agent", "source"],
+        )
+        suppressed = CounterMetricFamily(
+            "karkhana_edge_samples_suppressed",
+            "Readings held back by a configured deadband",
+            labels=["agent", "source"],
+        )
+        rebirths = CounterMetricFamily(
+            "karkhana_edge_sparkplug_rebirth_requests",
+            "Sparkplug B rebirth requests (NCMD) an MQTT source made (unpublishable: logged)",
+            labels=["agent", "source"],
+        )
         for name, src in s.sources.items():
             read.add_metric([a, name], src.samples_read)
             reconnects.add_metric([a, name], src.reconnects)
             connected.add_metric([a, name], 1.0 if src.connected else 0.0)
+            failures.add_metric([a, name], src.connect_failures)
+            source_dropped.add_metric([a, name], src.dropped)
+            suppressed.add_metric([a, name], src.suppressed)
+            if isinstance(src, MqttSourceStats):
+                rebirths.add_metric([a, name], src.rebirth_requests)
         yield read
         yield reconnects
         yield connected
+        yield failures
+        yield source_dropped
+        yield suppressed
+        yield rebirths
+        yield counter(
+            "unmapped_states",
+            "Values with no entry in their state_map (forwarded unchanged)",
+            s.unmapped_states,
+        )
         yield counter(
             "samples_published", "Samples acknowledged by the broker", s.samples_published
         )

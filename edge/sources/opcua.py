@@ -35,6 +35,7 @@ from edge.sources.opcua_security import (
     ClientOptions,
     SecurityRejected,
     build_client,
+    connect_client,
     resolve_browse_path,
 )
 from edge.tasks import cancel_and_wait
@@ -333,7 +334,8 @@ class OpcUaSource:
         return params
 
     async def _session(self) -> None:
-        client = await build_client(self._client_options())
+        options = self._client_options()
+        client = await build_client(options)
         lost = asyncio.Event()
 
         async def on_lost(exc: Exception) -> None:
@@ -341,7 +343,7 @@ class OpcUaSource:
             lost.set()
 
         client.connection_lost_callback = on_lost
-        await client.connect()
+        await connect_client(client, options)
         try:
             self._nodes = await self._resolve_nodes(client)
             # Connected before subscribing: the first values may arrive while the

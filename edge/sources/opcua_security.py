@@ -5,7 +5,9 @@ endpoints are listed over an unsecured discovery channel, the endpoint with the 
 policy and mode is picked, and its certificate must be in ``trust_dir`` (compared by
 SHA-1 thumbprint, as OPC UA does) — or, with ``trust_on_first_use``, it is saved there.
 Only then are the client certificate, the server certificate and the user identity handed
-to asyncua. Browse paths are resolved here too, on every (re)connect.
+to asyncua. A server that refuses the user identity (user name and password, or a user
+certificate) is reported naming that identity. Browse paths are resolved here too, on
+every (re)connect.
 """
 
 from __future__ import annotations
@@ -36,6 +38,21 @@ _QUALIFIED_NAME_RE = re.compile(r"^(?:(\d+):)?(.+)$")
 
 class SecurityRejected(ConnectionFailed):
     """The server does not offer the required security, or its certificate is not trusted."""
+
+
+class IdentityRejected(SecurityRejected):
+    """The server refused the configured user identity when activating the session."""
+
+
+# ActivateSession results that mean "not this user" rather than "try again later".
+IDENTITY_REFUSALS = frozenset(
+    {
+        "BadUserAccessDenied",
+        "BadIdentityTokenInvalid",
+        "BadIdentityTokenRejected",
+        "BadUserSignatureInvalid",
+    }
+)
 
 
 # --- browse paths ---------------------------------------------------------------------
@@ -251,13 +268,51 @@ async def build_client(options: ClientOptions) -> Client:
     return client
 
 
+def describe_identity(auth: OpcUaAuth | None) -> str:
+    """The user identity as an integrator would recognize it in a log line."""
+    if auth is None:
+        return "the anonymous user"
+    if auth.username is not None:
+        return f"user {auth.username!r}"
+    assert auth.certificate is not None
+    try:
+        cert = load_certificate_file(auth.certificate)
+    except (OSError, ValueError) as exc:
+        return f"user certificate {auth.certificate} (unreadable: {exc})"
+    return (
+        f"user certificate {auth.certificate} ({cert.subject.rfc4514_string()}, "
+        f"thumbprint {thumbprint(cert)})"
+    )
+
+
+async def connect_client(client: Client, options: ClientOptions) -> None:
+    """Connect a client from :func:`build_client`; IdentityRejected, naming the identity,
+    when the server refuses it. Other failures surface as the library's own exceptions."""
+    from asyncua import ua
+    from asyncua.ua.status_codes import get_name_and_doc
+
+    try:
+        await client.connect()
+    except ua.UaStatusCodeError as exc:
+        name, doc = get_name_and_doc(exc.code)
+        if name not in IDENTITY_REFUSALS:
+            raise
+        raise IdentityRejected(
+            f"{options.endpoint} refused {describe_identity(options.auth)}: {name} ({doc})"
+        ) from exc
+
+
 __all__ = [
+    "IDENTITY_REFUSALS",
     "ClientOptions",
+    "IdentityRejected",
     "SecurityRejected",
     "TrustDir",
     "application_uri_of",
     "build_client",
     "check_server_certificate",
+    "connect_client",
+    "describe_identity",
     "load_certificate_file",
     "parse_browse_path",
     "resolve_browse_path",

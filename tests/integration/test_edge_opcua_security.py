@@ -1,7 +1,8 @@
 """Secure OPC UA sessions: security policy and mode, server trust, user identity.
 
-Every server here is a real in-process asyncua server; certificates are generated with
-``cryptography`` into the test's tmp dir.
+Every server here is a real in-process asyncua server; certificates are generated once per
+module with ``cryptography``. What the server saw (channel policy and mode, session user)
+is read from the server's own connection state, not from the agent.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import yaml
 from asyncua import Node, Server, ua
 from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.server.internal_server import InternalServer
+from asyncua.server.user_managers import CertificateUserManager
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -29,7 +31,13 @@ from edge import EdgeAgent, EdgeConfig
 from edge.config import OpcUaSourceConfig, load_edge_config
 from edge.sources.base import DeadLetter
 from edge.sources.opcua import OpcUaSource
-from edge.sources.opcua_security import ClientOptions, SecurityRejected, build_client
+from edge.sources.opcua_security import (
+    ClientOptions,
+    IdentityRejected,
+    SecurityRejected,
+    build_client,
+    connect_client,
+)
 from karkhana.errors import ConfigError
 from karkhana.models import Sample
 from karkhana.topics import EDGE_SAMPLES_FILTER
@@ -43,6 +51,7 @@ LOOM = "lahore/weaving/line-1/loom-01"
 SERVER_URI = "urn:karkhana:test:plc"
 CLIENT_URI = "urn:karkhana:test:edge"
 USERS = {"operator": "s3cret-pass"}
+CERT_USER = "edge-reader"  # the name the server gives the known user certificate
 
 
 # --- certificates -------------------------------------------------------------------
@@ -120,6 +129,28 @@ def make_cert(directory: Path, name: str, uri: str) -> CertPair:
     return CertPair(cert_path, key_path, der)
 
 
+@dataclass(frozen=True)
+class Pki:
+    """The certificates of this module: the agent's application instance certificate, the
+    PLC's, a user certificate the PLC knows and one it does not."""
+
+    edge: CertPair
+    plc: CertPair
+    user: CertPair
+    stranger: CertPair
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    base = tmp_path_factory.mktemp("pki")
+    return Pki(
+        edge=make_cert(base / "edge", "edge", CLIENT_URI),
+        plc=make_cert(base / "plc", "plc", SERVER_URI),
+        user=make_cert(base / "users", "edge-reader", "urn:karkhana:test:user:edge-reader"),
+        stranger=make_cert(base / "users", "stranger", "urn:karkhana:test:user:stranger"),
+    )
+
+
 # --- servers ------------------------------------------------------------------------
 
 
@@ -138,35 +169,68 @@ class PasswordUsers:
         return None
 
 
+@dataclass(frozen=True)
+class Channel:
+    """A secured session as the server sees it."""
+
+    policy: str  # the policy URI's fragment, e.g. "Basic256Sha256"
+    mode: str  # "Sign" or "SignAndEncrypt"
+    user: str | None
+
+
 @dataclass
 class SecurePlc:
     endpoint: str
     cert: CertPair | None
     state: Node
+    server: Server
+
+    def sessions(self) -> list[Channel]:
+        """The activated sessions of the clients connected right now."""
+        assert self.server.bserver is not None
+        found = []
+        for protocol in self.server.bserver.clients:
+            processor = protocol.processor
+            session = processor.session if processor is not None else None
+            if processor is None or session is None or session.user is None:
+                continue
+            policy = processor._connection.security_policy
+            found.append(
+                Channel(policy.URI.rsplit("#", 1)[-1], policy.Mode.name, session.user.name)
+            )
+        return found
 
 
 @contextlib.asynccontextmanager
 async def secure_plc(
-    certs: Path | None,
+    cert: CertPair | Path | None,
     policies: list[ua.SecurityPolicyType],
     *,
-    users: bool = False,
+    users: PasswordUsers | CertificateUserManager | bool | None = None,
 ) -> AsyncIterator[SecurePlc]:
     """A PLC (ns=2 'urn:karkhana:sim', object loom-01, variable StateCode) offering only
-    ``policies``; with a certificate when ``certs`` is given."""
+    ``policies``, with ``cert`` as its certificate (a directory: a new one made there);
+    with ``users``, only their kind of identity token (user name or certificate) is
+    accepted, and only for them (``True``: the password users of USERS)."""
+    if isinstance(cert, Path):
+        cert = make_cert(cert, "plc", SERVER_URI)
+    if users is True:
+        users = PasswordUsers()
+    elif users is False:
+        users = None
     endpoint = f"opc.tcp://127.0.0.1:{free_port()}/karkhana/sim/"
-    server = Server(user_manager=PasswordUsers()) if users else Server()  # type: ignore[arg-type]
+    server = Server(user_manager=users) if users is not None else Server()  # type: ignore[arg-type]
     await server.init()
     server.set_endpoint(endpoint)
     await server.set_application_uri(SERVER_URI)
-    pair = None
-    if certs is not None:
-        pair = make_cert(certs, "plc", SERVER_URI)
-        await server.load_certificate(pair.cert)
-        await server.load_private_key(pair.key)
+    if cert is not None:
+        await server.load_certificate(cert.cert)
+        await server.load_private_key(cert.key)
     server.set_security_policy(policies)
-    if users:
-        server.set_security_IDs(["Username"])
+    if isinstance(users, PasswordUsers):
+        server.set_identity_tokens([ua.UserNameIdentityToken])
+    elif isinstance(users, CertificateUserManager):
+        server.set_identity_tokens([ua.X509IdentityToken])
     idx = await server.register_namespace("urn:karkhana:sim")
     obj = await server.nodes.objects.add_object(
         ua.NodeId("loom-01", idx), ua.QualifiedName("loom-01", idx)
@@ -179,9 +243,16 @@ async def secure_plc(
     await state.write_value(ua.DataValue(ua.Variant(1, ua.VariantType.Int32), SourceTimestamp=T0))
     await server.start()
     try:
-        yield SecurePlc(endpoint, pair, state)
+        yield SecurePlc(endpoint, cert, state, server)
     finally:
         await server.stop()
+
+
+async def certificate_users(known: CertPair) -> CertificateUserManager:
+    """asyncua's user manager that accepts exactly one user certificate, as CERT_USER."""
+    users = CertificateUserManager()
+    await users.add_user(known.cert, name=CERT_USER, format=".der")
+    return users
 
 
 SIGN_AND_ENCRYPT = [ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt]
@@ -200,6 +271,12 @@ class ListSink:
 
     def source_state_changed(self) -> None:
         pass
+
+    def ticket(self) -> int:
+        return len(self.samples)
+
+    async def wait_stored(self, ticket: int) -> None:
+        pass  # a list holds what it is given at once
 
 
 def source_config(endpoint: str, **extra: Any) -> dict[str, Any]:
@@ -229,32 +306,40 @@ def security(client: CertPair, trust_dir: Path, **extra: Any) -> dict[str, Any]:
 # --- tests --------------------------------------------------------------------------
 
 
-async def test_sign_and_encrypt_session_with_trusted_server_delivers_values(
-    mosquitto: Mosquitto, tmp_path: Path
-) -> None:
-    client = make_cert(tmp_path / "edge-pki", "edge", CLIENT_URI)
+def trusting(tmp_path: Path, plc: CertPair) -> Path:
+    """A trust dir holding the PLC's certificate (DER, as copied from the PLC)."""
     trust = tmp_path / "trusted"
     trust.mkdir()
-    async with secure_plc(tmp_path / "plc-pki", SIGN_AND_ENCRYPT) as plc:
-        assert plc.cert is not None
+    (trust / "plc.der").write_bytes(plc.der)
+    return trust
+
+
+async def write_state(plc: SecurePlc, value: int, ts: datetime) -> None:
+    await plc.state.write_value(
+        ua.DataValue(ua.Variant(value, ua.VariantType.Int32), SourceTimestamp=ts)
+    )
+
+
+async def test_sign_and_encrypt_session_with_trusted_server_delivers_values(
+    mosquitto: Mosquitto, tmp_path: Path, pki: Pki
+) -> None:
+    trust = tmp_path / "trusted"
+    trust.mkdir()
+    async with secure_plc(pki.plc, SIGN_AND_ENCRYPT) as plc:
         # Trusted as a PEM file, as an integrator would copy it.
-        pem = x509.load_der_x509_certificate(plc.cert.der).public_bytes(serialization.Encoding.PEM)
+        pem = x509.load_der_x509_certificate(pki.plc.der).public_bytes(serialization.Encoding.PEM)
         (trust / "plc.pem").write_bytes(pem)
         cfg = EdgeConfig.model_validate(
             {
                 "agent_id": "test-edge",
                 "uplink": {"broker": mosquitto.url},
                 "buffer": {"path": str(tmp_path / "b.sqlite"), "flush_interval_s": 0.05},
-                "sources": [source_config(plc.endpoint, security=security(client, trust))],
+                "sources": [source_config(plc.endpoint, security=security(pki.edge, trust))],
             }
         )
         async with collecting(mosquitto, EDGE_SAMPLES_FILTER) as col, EdgeAgent(cfg) as agent:
             await async_wait_until(lambda: col.samples(LOOM, "state") == [(T0, 1)], 15, "first")
-            await plc.state.write_value(
-                ua.DataValue(
-                    ua.Variant(3, ua.VariantType.Int32), SourceTimestamp=T0 + timedelta(seconds=5)
-                )
-            )
+            await write_state(plc, 3, T0 + timedelta(seconds=5))
             await async_wait_until(
                 lambda: len(col.samples(LOOM, "state")) == 2, 15, "the secured change"
             )
@@ -263,23 +348,83 @@ async def test_sign_and_encrypt_session_with_trusted_server_delivers_values(
     assert sorted(p.name for p in trust.iterdir()) == ["plc.pem"]  # nothing added
 
 
-async def test_untrusted_server_certificate_is_refused_naming_thumbprint_and_trust_dir(
-    tmp_path: Path,
+@pytest.mark.parametrize(
+    ("offered", "policy", "mode"),
+    [
+        # The server offers both modes of the policy: the agent must take the one configured.
+        (
+            [
+                ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt,
+                ua.SecurityPolicyType.Basic256Sha256_Sign,
+            ],
+            "Basic256Sha256",
+            "Sign",
+        ),
+        (
+            [
+                ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt,
+                ua.SecurityPolicyType.Aes128Sha256RsaOaep_SignAndEncrypt,
+            ],
+            "Aes128_Sha256_RsaOaep",
+            "SignAndEncrypt",
+        ),
+    ],
+    ids=["Basic256Sha256-Sign", "Aes128_Sha256_RsaOaep-SignAndEncrypt"],
+)
+async def test_session_uses_the_configured_policy_and_mode(
+    tmp_path: Path, pki: Pki, offered: list[ua.SecurityPolicyType], policy: str, mode: str
 ) -> None:
-    client = make_cert(tmp_path / "edge-pki", "edge", CLIENT_URI)
+    async with secure_plc(pki.plc, offered) as plc:
+        cfg = OpcUaSourceConfig.model_validate(
+            source_config(
+                plc.endpoint,
+                security=security(pki.edge, trusting(tmp_path, pki.plc), policy=policy, mode=mode),
+            )
+        )
+        sink = ListSink()
+        async with OpcUaSource(cfg, sink) as source:
+            await async_wait_until(lambda: len(sink.samples) == 1, 15, "first value")
+            await write_state(plc, 3, T0 + timedelta(seconds=5))
+            await async_wait_until(lambda: len(sink.samples) == 2, 15, "the change")
+            assert source.stats.connected
+            assert [(c.policy, c.mode) for c in plc.sessions()] == [(policy, mode)]
+        assert [(s.ts, s.value) for s in sink.samples] == [
+            (T0, 1),
+            (T0 + timedelta(seconds=5), 3),
+        ]
+
+
+async def test_a_mode_the_server_does_not_offer_is_refused_listing_what_it_offers(
+    tmp_path: Path, pki: Pki
+) -> None:
+    async with secure_plc(pki.plc, SIGN_AND_ENCRYPT) as plc:
+        cfg = OpcUaSourceConfig.model_validate(
+            source_config(
+                plc.endpoint, security=security(pki.edge, trusting(tmp_path, pki.plc), mode="Sign")
+            )
+        )
+        with pytest.raises(SecurityRejected) as caught:
+            await build_client(ClientOptions(endpoint=plc.endpoint, security=cfg.security))
+        assert "does not offer security Basic256Sha256/Sign" in str(caught.value)
+        assert "Basic256Sha256/SignAndEncrypt" in str(caught.value)
+        assert plc.sessions() == []
+
+
+async def test_untrusted_server_certificate_is_refused_naming_thumbprint_and_trust_dir(
+    tmp_path: Path, pki: Pki
+) -> None:
     trust = tmp_path / "trusted"
     trust.mkdir()
-    async with secure_plc(tmp_path / "plc-pki", SIGN_AND_ENCRYPT) as plc:
-        assert plc.cert is not None
+    async with secure_plc(pki.plc, SIGN_AND_ENCRYPT) as plc:
         cfg = OpcUaSourceConfig.model_validate(
-            source_config(plc.endpoint, security=security(client, trust))
+            source_config(plc.endpoint, security=security(pki.edge, trust))
         )
         with pytest.raises(SecurityRejected) as caught:
             await build_client(
                 ClientOptions(endpoint=plc.endpoint, security=cfg.security, auth=None)
             )
         message = str(caught.value)
-        assert plc.cert.sha1 in message
+        assert pki.plc.sha1 in message
         assert str(trust) in message
         assert "not trusted" in message
         # The running source refuses too, keeps saying why and reads nothing.
@@ -288,19 +433,17 @@ async def test_untrusted_server_certificate_is_refused_naming_thumbprint_and_tru
             await async_wait_until(
                 lambda: source.stats.connect_failures >= 2, 15, "two refused attempts"
             )
-            assert source.last_error is not None and plc.cert.sha1 in source.last_error
+            assert source.last_error is not None and pki.plc.sha1 in source.last_error
             assert not source.stats.connected
         assert sink.samples == []
         assert list(trust.iterdir()) == []
 
 
-async def test_trust_on_first_use_saves_the_server_certificate(tmp_path: Path) -> None:
-    client = make_cert(tmp_path / "edge-pki", "edge", CLIENT_URI)
+async def test_trust_on_first_use_saves_the_server_certificate(tmp_path: Path, pki: Pki) -> None:
     trust = tmp_path / "trusted"  # does not exist yet
-    async with secure_plc(tmp_path / "plc-pki", SIGN_AND_ENCRYPT) as plc:
-        assert plc.cert is not None
+    async with secure_plc(pki.plc, SIGN_AND_ENCRYPT) as plc:
         cfg = OpcUaSourceConfig.model_validate(
-            source_config(plc.endpoint, security=security(client, trust, trust_on_first_use=True))
+            source_config(plc.endpoint, security=security(pki.edge, trust, trust_on_first_use=True))
         )
         sink = ListSink()
         async with OpcUaSource(cfg, sink) as source:
@@ -308,19 +451,18 @@ async def test_trust_on_first_use_saves_the_server_certificate(tmp_path: Path) -
             assert source.stats.connected
         assert [(s.ts, s.value) for s in sink.samples] == [(T0, 1)]
         saved = list(trust.iterdir())
-        assert [p.name for p in saved] == [f"{plc.cert.sha1}.der"]
-        assert saved[0].read_bytes() == plc.cert.der
+        assert [p.name for p in saved] == [f"{pki.plc.sha1}.der"]
+        assert saved[0].read_bytes() == pki.plc.der
 
 
 async def test_server_offering_only_none_is_refused_when_security_is_required(
-    tmp_path: Path,
+    tmp_path: Path, pki: Pki
 ) -> None:
-    client = make_cert(tmp_path / "edge-pki", "edge", CLIENT_URI)
     trust = tmp_path / "trusted"
     trust.mkdir()
     async with secure_plc(None, [ua.SecurityPolicyType.NoSecurity]) as plc:
         cfg = OpcUaSourceConfig.model_validate(
-            source_config(plc.endpoint, security=security(client, trust))
+            source_config(plc.endpoint, security=security(pki.edge, trust))
         )
         with pytest.raises(SecurityRejected, match="offers only security None"):
             await build_client(ClientOptions(endpoint=plc.endpoint, security=cfg.security))
@@ -334,19 +476,16 @@ async def test_server_offering_only_none_is_refused_when_security_is_required(
 
 
 @pytest.mark.parametrize(("password", "accepted"), [("s3cret-pass", True), ("wrong", False)])
-async def test_username_and_password(tmp_path: Path, password: str, accepted: bool) -> None:
-    client = make_cert(tmp_path / "edge-pki", "edge", CLIENT_URI)
-    trust = tmp_path / "trusted"
+async def test_username_and_password(
+    tmp_path: Path, pki: Pki, password: str, accepted: bool
+) -> None:
     password_file = tmp_path / "password.txt"
     password_file.write_text(password + "\n")
-    async with secure_plc(tmp_path / "plc-pki", SIGN_AND_ENCRYPT, users=True) as plc:
-        assert plc.cert is not None
-        trust.mkdir()
-        (trust / "plc.der").write_bytes(plc.cert.der)
+    async with secure_plc(pki.plc, SIGN_AND_ENCRYPT, users=PasswordUsers()) as plc:
         cfg = OpcUaSourceConfig.model_validate(
             source_config(
                 plc.endpoint,
-                security=security(client, trust),
+                security=security(pki.edge, trusting(tmp_path, pki.plc)),
                 auth={"username": "operator", "password_file": str(password_file)},
             )
         )
@@ -355,14 +494,68 @@ async def test_username_and_password(tmp_path: Path, password: str, accepted: bo
             if accepted:
                 await async_wait_until(lambda: len(sink.samples) == 1, 15, "first value")
                 assert source.stats.connected
+                assert [c.user for c in plc.sessions()] == ["operator"]
             else:
                 await async_wait_until(
                     lambda: source.stats.connect_failures >= 2, 15, "refused logins"
                 )
                 assert source.last_error is not None
                 assert "BadUserAccessDenied" in source.last_error
+                assert "user 'operator'" in source.last_error
                 assert source.stats.connections == 0
         assert [(s.ts, s.value) for s in sink.samples] == ([(T0, 1)] if accepted else [])
+
+
+async def test_user_certificate_known_to_the_server_is_the_session_user(
+    tmp_path: Path, pki: Pki
+) -> None:
+    users = await certificate_users(pki.user)
+    async with secure_plc(pki.plc, SIGN_AND_ENCRYPT, users=users) as plc:
+        cfg = OpcUaSourceConfig.model_validate(
+            source_config(
+                plc.endpoint,
+                security=security(pki.edge, trusting(tmp_path, pki.plc)),
+                auth={"certificate": str(pki.user.cert), "private_key": str(pki.user.key)},
+            )
+        )
+        sink = ListSink()
+        async with OpcUaSource(cfg, sink) as source:
+            await async_wait_until(lambda: len(sink.samples) == 1, 15, "first value")
+            await write_state(plc, 2, T0 + timedelta(seconds=1))
+            await async_wait_until(lambda: len(sink.samples) == 2, 15, "the change")
+            assert source.stats.connected
+            assert plc.sessions() == [Channel("Basic256Sha256", "SignAndEncrypt", CERT_USER)]
+        assert [(s.ts, s.value) for s in sink.samples] == [(T0, 1), (T0 + timedelta(seconds=1), 2)]
+
+
+async def test_user_certificate_unknown_to_the_server_is_refused_naming_it(
+    tmp_path: Path, pki: Pki
+) -> None:
+    users = await certificate_users(pki.user)
+    async with secure_plc(pki.plc, SIGN_AND_ENCRYPT, users=users) as plc:
+        cfg = OpcUaSourceConfig.model_validate(
+            source_config(
+                plc.endpoint,
+                security=security(pki.edge, trusting(tmp_path, pki.plc)),
+                auth={"certificate": str(pki.stranger.cert), "private_key": str(pki.stranger.key)},
+            )
+        )
+        sink = ListSink()
+        async with OpcUaSource(cfg, sink) as source:
+            await async_wait_until(lambda: source.stats.connect_failures >= 2, 15, "refusals")
+            error = source.last_error
+            assert error is not None
+            assert f"{plc.endpoint} refused user certificate {pki.stranger.cert}" in error
+            assert "CN=stranger" in error and pki.stranger.sha1 in error
+            assert "BadUserAccessDenied" in error
+            assert source.stats.connections == 0 and not source.stats.connected
+        assert sink.samples == []
+        assert plc.sessions() == []
+        # The same refusal, as the exception a caller of the client helpers gets.
+        options = ClientOptions(endpoint=plc.endpoint, security=cfg.security, auth=cfg.auth)
+        client = await build_client(options)
+        with pytest.raises(IdentityRejected, match="BadUserAccessDenied"):
+            await connect_client(client, options)
 
 
 # --- config errors ------------------------------------------------------------------
