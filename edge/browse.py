@@ -16,7 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 from rich.tree import Tree
 
-from edge.sources.opcua_security import ClientOptions, SecurityRejected, build_client
+from edge.sources.opcua_security import (
+    ClientOptions,
+    SecurityRejected,
+    build_client,
+    connect_client,
+)
 from karkhana.errors import ConfigError, ConnectionFailed
 
 if TYPE_CHECKING:
@@ -117,9 +122,10 @@ async def browse_server(
     from asyncua import ua
 
     try:
-        client = await build_client(ClientOptions(endpoint=endpoint, security=security, auth=auth))
-        await client.connect()
-    except SecurityRejected:
+        options = ClientOptions(endpoint=endpoint, security=security, auth=auth)
+        client = await build_client(options)
+        await connect_client(client, options)
+    except SecurityRejected:  # IdentityRejected included: both carry a clear message
         raise
     except (OSError, TimeoutError, ua.UaError) as exc:
         raise ConnectionFailed(f"cannot connect to {endpoint}: {exc!r}") from exc

@@ -348,17 +348,17 @@ class MqttTopic(MappingKeys):
         multi = multi_level_placeholders(topic or "") & set(topic_placeholders(template))
         if info.field_name == "asset" and multi:
             # a {name+} capture fills one or more segments: checked per message
-            if not _ASSET_PREFIX_RE.match(filled):
+            if not _ASSET_PREFIX_RE.fullmatch(filled):
                 raise ValueError(
                     f"{template!r} cannot become 'site/area/line/machine' (at most four "
                     "segments of lower-case letters, digits, '-' and '_')"
                 )
-        elif info.field_name == "asset" and not ASSET_PATH_RE.match(filled):
+        elif info.field_name == "asset" and not ASSET_PATH_RE.fullmatch(filled):
             raise ValueError(
                 f"{template!r} is not 'site/area/line/machine' once filled (lower-case "
                 "letters, digits, '-' and '_'; a placeholder fills one segment)"
             )
-        if info.field_name == "signal" and not SIGNAL_RE.match(filled):
+        if info.field_name == "signal" and not SIGNAL_RE.fullmatch(filled):
             raise ValueError(
                 f"{template!r} is not a valid signal name once filled "
                 "(lower-case letter first, then letters, digits, '_', '.', '-')"

@@ -148,9 +148,9 @@ class TopicMapping:
         """Build the sample of one message; raises PayloadError with the reason."""
         asset = PLACEHOLDER_RE.sub(lambda m: groups[m.group(1)], self.spec.asset)
         signal = PLACEHOLDER_RE.sub(lambda m: groups[m.group(1)], self.spec.signal)
-        if not ASSET_PATH_RE.match(asset):
+        if not ASSET_PATH_RE.fullmatch(asset):
             raise PayloadError(f"topic gives asset {asset!r}, not 'site/area/line/machine'")
-        if not SIGNAL_RE.match(signal):
+        if not SIGNAL_RE.fullmatch(signal):
             raise PayloadError(f"topic gives signal {signal!r}, not a valid signal name")
         ts = received
         quality = Quality.GOOD

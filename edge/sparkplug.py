@@ -353,13 +353,13 @@ class SparkplugHost:
             "metric": metric_signal_token(name, spec.metric_rule),
         }
         asset = PLACEHOLDER_RE.sub(lambda m: fills[m.group(1)], spec.asset)
-        if not ASSET_PATH_RE.match(asset):
+        if not ASSET_PATH_RE.fullmatch(asset):
             raise ValueError(f"gives asset {asset!r}, not 'site/area/line/machine'")
         if explicit is not None:
             signal = explicit
         else:
             signal = PLACEHOLDER_RE.sub(lambda m: fills[m.group(1)], spec.signal)
-            if not SIGNAL_RE.match(signal):
+            if not SIGNAL_RE.fullmatch(signal):
                 raise ValueError(
                     f"gives signal {signal!r}, not a valid signal name (map it under metrics:)"
                 )

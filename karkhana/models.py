@@ -44,7 +44,7 @@ class AssetPath:
 
     @classmethod
     def parse(cls, text: str) -> AssetPath:
-        if not ASSET_PATH_RE.match(text):
+        if not ASSET_PATH_RE.fullmatch(text):
             raise ValueError(
                 f"asset path {text!r} is not 'site/area/line/machine' "
                 "(lower-case letters, digits, '-' and '_')"

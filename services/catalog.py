@@ -44,7 +44,7 @@ class AssetSelection:
 def parse_asset_path(text: str) -> tuple[str, ...]:
     """``site[/area[/line[/machine]]]`` -> its segments; MalformedAssetPath otherwise."""
     parts = tuple(text.split("/"))
-    if not 1 <= len(parts) <= 4 or not all(SEGMENT_RE.match(p) for p in parts):
+    if not 1 <= len(parts) <= 4 or not all(SEGMENT_RE.fullmatch(p) for p in parts):
         raise MalformedAssetPath(
             f"asset path {text!r} is not 'site', 'site/area', 'site/area/line' or "
             "'site/area/line/machine' (segments of lower-case letters, digits, '-' and '_')"
