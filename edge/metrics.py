@@ -1,4 +1,4 @@
-"""Prometheus ``/metrics`` for the edge agent: its own registry, an asyncio HTTP endpoint.
+"""Prometheus metric families for the edge agent (served by :mod:`karkhana.metrics_http`).
 
 Values are read from :attr:`edge.agent.EdgeAgent.stats` at scrape time, so nothing on the hot
 path touches a metric. Names start with ``karkhana_edge_``.
@@ -6,27 +6,21 @@ path touches a metric. Names start with ``karkhana_edge_``.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
-from types import TracebackType
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from edge.sources.mqtt import MqttSourceStats
-from edge.tasks import cancel_and_wait
+from karkhana.metrics_http import MetricsServer as KernelMetricsServer
 
 if TYPE_CHECKING:
     from edge.agent import EdgeStats
 
 log = logging.getLogger(__name__)
-
-REQUEST_TIMEOUT_S = 5.0
-_MAX_HEADER_BYTES = 16 * 1024
 
 
 class EdgeCollector(Collector):
@@ -159,74 +153,8 @@ def lag_seconds(oldest_added: float | None, now: float | None = None) -> float:
     return max(0.0, (time.time() if now is None else now) - oldest_added)
 
 
-class MetricsServer:
-    """Serves ``GET /metrics`` from its own registry (async context manager)."""
+class MetricsServer(KernelMetricsServer):
+    """Serves the agent's ``GET /metrics`` (async context manager)."""
 
     def __init__(self, agent_id: str, stats: Callable[[], EdgeStats], host: str, port: int) -> None:
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(EdgeCollector(agent_id, stats))
-        self._host = host
-        self._port = port
-        self._server: asyncio.Server | None = None
-        self._handlers: set[asyncio.Task[None]] = set()
-        self.port = port  # the bound port once started (``port: 0`` picks a free one)
-
-    async def __aenter__(self) -> Self:
-        self._server = await asyncio.start_server(self._handle, self._host, self._port)
-        self.port = int(self._server.sockets[0].getsockname()[1])
-        log.info("metrics on http://%s:%d/metrics", self._host, self.port)
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.close()
-            for task in list(self._handlers):
-                await cancel_and_wait(task)
-            await server.wait_closed()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._handlers.add(task)
-            task.add_done_callback(self._handlers.discard)
-        try:
-            async with asyncio.timeout(REQUEST_TIMEOUT_S):
-                head = await reader.readuntil(b"\r\n\r\n")
-            if len(head) > _MAX_HEADER_BYTES:
-                raise ValueError("request header too large")
-            method, _, rest = head.split(b"\r\n", 1)[0].decode("latin-1").partition(" ")
-            path = rest.split(" ", 1)[0].split("?", 1)[0]
-            if method != "GET":
-                await _respond(writer, 405, b"method not allowed\n", "text/plain")
-            elif path != "/metrics":
-                await _respond(writer, 404, b"try /metrics\n", "text/plain")
-            else:
-                body = generate_latest(self.registry)
-                await _respond(writer, 200, body, CONTENT_TYPE_LATEST)
-        except (
-            TimeoutError,
-            ValueError,
-            asyncio.IncompleteReadError,
-            asyncio.LimitOverrunError,
-        ) as exc:
-            log.debug("metrics: bad request: %r", exc)
-        except ConnectionError as exc:
-            log.debug("metrics: client went away: %r", exc)
-        finally:
-            writer.close()
-
-
-async def _respond(writer: asyncio.StreamWriter, status: int, body: bytes, ctype: str) -> None:
-    reason = {200: "OK", 404: "Not Found", 405: "Method Not Allowed"}[status]
-    writer.write(
-        f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode("latin-1")
-        + body
-    )
-    await writer.drain()
+        super().__init__(EdgeCollector(agent_id, stats), host, port)

@@ -9,7 +9,7 @@ from types import TracebackType
 
 from gateway.consumer import MqttConsumer
 from gateway.decode import DecodeLimits, EnvelopeDecoder
-from gateway.metrics import GatewayCollector, InboxGauges, MetricsServer
+from gateway.metrics import GatewayCollector, InboxGauges
 from gateway.retention import RetentionRunner, SqliteRetention
 from gateway.settings import GatewaySettings
 from gateway.stats import GatewayStats
@@ -17,6 +17,7 @@ from gateway.stores.base import Store
 from gateway.stores.sqlite import SqliteStore
 from gateway.uns import UnsMirror
 from gateway.writer import BatchWriter, Inbound, Inbox, OnCommit
+from karkhana.metrics_http import MetricsServer
 
 log = logging.getLogger(__name__)
 

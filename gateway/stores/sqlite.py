@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.stores.base import Batch, WriteResult
@@ -160,32 +159,3 @@ class SqliteStore:
             self._conn.close()
         except sqlite3.Error as exc:
             log.warning("closing %s failed: %s", self.path, exc)
-
-
-@dataclass(frozen=True, slots=True)
-class StoredDeadLetter:
-    id: int
-    received_ns: int
-    topic: str
-    reason: str
-    payload: bytes
-    payload_size: int
-
-
-def list_dead_letters(db: str | Path, limit: int = 100, offset: int = 0) -> list[StoredDeadLetter]:
-    """Dead letters, newest first (read-only)."""
-    try:
-        conn = connect(db, readonly=True)
-    except sqlite3.Error as exc:
-        raise StoreError(f"cannot open SQLite store {db}: {exc}") from exc
-    try:
-        rows = conn.execute(
-            "SELECT id, received_ns, topic, reason, payload, payload_size FROM dead_letters "
-            "ORDER BY received_ns DESC, id DESC LIMIT ? OFFSET ?",
-            (limit, offset),
-        ).fetchall()
-    except sqlite3.Error as exc:
-        raise StoreError(f"cannot read dead letters from {db}: {exc}") from exc
-    finally:
-        conn.close()
-    return [StoredDeadLetter(r[0], r[1], r[2], r[3], bytes(r[4]), r[5]) for r in rows]

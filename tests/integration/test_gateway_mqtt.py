@@ -20,7 +20,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway import Gateway, GatewaySettings, GatewayStats
-from gateway.stores import list_dead_letters
+from services.store import StoredDeadLetter, open_reader
 from tests.helpers.servers import Mosquitto, async_wait_until, free_port, wait_until
 
 pytestmark = pytest.mark.integration
@@ -243,7 +243,7 @@ async def test_malformed_payloads_become_dead_letters(mosquitto: Mosquitto, tmp_
         ("count", T10_NS + 2_000_000_000, 12),
         ("speed", T10_NS, 3.5),
     ]
-    letters = list(reversed(list_dead_letters(db, limit=10)))
+    letters = list(reversed(dead_letters(db, limit=10)))
     assert letters[0].reason.startswith("payload is not JSON: JSON is malformed")
     assert [d.reason for d in letters[1:]] == [
         "seq: expected `int`, got `str`",
@@ -422,3 +422,9 @@ def test_cli_rejects_bad_settings_with_exit_code_2() -> None:
     )
     assert result.returncode == 2
     assert b"must start with mqtt:// or mqtts://" in result.stderr
+
+
+def dead_letters(db: Path, limit: int, before_id: int | None = None) -> list[StoredDeadLetter]:
+    """Dead letters newest first, read as the API reads them."""
+    with open_reader(db) as reader:
+        return reader.dead_letters(limit, before_id)

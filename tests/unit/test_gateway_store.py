@@ -12,9 +12,10 @@ import pytest
 from gateway.deadletters import DeadLetter
 from gateway.decode import DecodeResult, NormalizedSample
 from gateway.stats import GatewayStats
-from gateway.stores import Batch, SqliteStore, list_dead_letters
+from gateway.stores import Batch, SqliteStore
 from gateway.writer import STOP, BatchWriter, Inbound
 from karkhana.errors import StoreError
+from services.store import StoredDeadLetter, open_reader
 
 ASSET = "lahore/weaving/line-1/loom-03"
 T0 = 1_714_521_600 * 1_000_000_000  # 2024-05-01T00:00:00Z
@@ -109,12 +110,12 @@ def test_dead_letters_are_stored(tmp_path: Path) -> None:
         )
     )
     store.close()
-    letters = list_dead_letters(db, limit=10)
+    letters = dead_letters(db, limit=10)
     assert [(d.reason, d.topic, d.payload, d.payload_size) for d in letters] == [
         ("second", "karkhana/v1/edge/b/samples", b"yy", 10),
         ("first", "karkhana/v1/edge/a/samples", b"x", 1),
     ]
-    assert [d.reason for d in list_dead_letters(db, limit=1, offset=1)] == ["first"]
+    assert [d.reason for d in dead_letters(db, limit=1, before_id=letters[0].id)] == ["first"]
 
 
 def test_failed_write_keeps_nothing(tmp_path: Path) -> None:
@@ -228,3 +229,9 @@ async def test_writer_batches_respect_max_samples(tmp_path: Path) -> None:
     await asyncio.wait_for(writer.done, 10)
     assert stats.samples_written == 12
     assert stats.batches == 3
+
+
+def dead_letters(db: Path, limit: int, before_id: int | None = None) -> list[StoredDeadLetter]:
+    """Dead letters newest first, read as the API reads them."""
+    with open_reader(db) as reader:
+        return reader.dead_letters(limit, before_id)
