@@ -32,7 +32,7 @@ from devices.opcua_plc import OpcUaPlc, PlcGroup
 from devices.physics import Thermal, energy_kwh, measured_power_kw
 from devices.scenario import MachineScenario, default_start, machine_seed
 from devices.timeutil import US, from_us, to_us
-from devices.truth import GroundTruth, KpiComponents, sum_by_line, time_components
+from devices.truth import GroundTruth, KpiComponents, add_rejects, sum_by_line, time_components
 from devices.updates import Device, SignalUpdate
 from karkhana.calendar import planned_intervals
 from karkhana.config.factory import FactoryConfig, MachineRef
@@ -373,21 +373,31 @@ class FactorySimulator:
         u = self._published_until if until is None else to_us(until)
         u = max(u, self._start_us)
         window = (self._start_us, u)
-        planned_by_site: dict[str, list[tuple[int, int]]] = {}
         machines: dict[str, KpiComponents] = {}
         for m in self._machines:
             site = m.ref.site
-            if site.id not in planned_by_site:
-                planned_by_site[site.id] = [
-                    (to_us(a), to_us(b)) for a, b in planned_intervals(site, self.start, from_us(u))
-                ]
-            comp = time_components(
-                m.scenario.spans(u), planned_by_site[site.id], window, m.ref.short_stop_threshold_s
+            shift_us = sum(
+                to_us(b) - to_us(a) for a, b in planned_intervals(site, self.start, from_us(u))
             )
-            units, rejects, _, _ = m.scenario.counts_before(u)
-            comp.total = units
-            comp.reject = rejects
-            comp.ideal_s = units * m.ref.machine.ideal_cycle_s
+            planned = [
+                (to_us(a), to_us(b))
+                for a, b in planned_intervals(site, self.start, from_us(u), m.ref.path)
+            ]
+            comp = time_components(
+                m.scenario.spans(u),
+                planned,
+                window,
+                m.ref.short_stop_threshold_s,
+                m.ref.external_causes,
+            )
+            comp.maintenance_us = shift_us - sum(b - a for a, b in planned)
+            add_rejects(
+                comp,
+                m.scenario.segments_between(*window),
+                window,
+                m.ref.startup_window_s,
+                m.ref.machine.ideal_cycle_s,
+            )
             comp.energy_kwh = energy_kwh(
                 m.scenario.segments_between(*window), m.entry.rated_power_kw
             )

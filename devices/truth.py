@@ -7,12 +7,13 @@ platform code and of anything the devices published.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from devices.timeutil import US, IntervalUs
+from devices.scenario import Segment
+from devices.timeutil import US, IntervalUs, from_us
 from karkhana.models import MachineState, iso_utc
 
 STOP_STATES = (
@@ -42,6 +43,14 @@ class KpiComponents:
     reject: int = 0
     ideal_s: float = 0.0
     energy_kwh: float = 0.0
+    window_us: int = 0  # calendar time
+    maintenance_us: int = 0  # shift time removed by maintenance windows
+    external_us: dict[str, int] = field(default_factory=dict)  # long-stop time, by cause
+    startup_reject: int = 0
+    startup_reject_s: float = 0.0  # startup rejects x ideal cycle
+    production_reject_s: float = 0.0  # other rejects x ideal cycle
+    # Where running resumed after a long stop event (not additive; one machine only).
+    startups_us: list[int] = field(default_factory=list)
 
     @property
     def planned_us(self) -> int:
@@ -62,7 +71,44 @@ class KpiComponents:
             reject=self.reject + other.reject,
             ideal_s=self.ideal_s + other.ideal_s,
             energy_kwh=self.energy_kwh + other.energy_kwh,
+            window_us=self.window_us + other.window_us,
+            maintenance_us=self.maintenance_us + other.maintenance_us,
+            external_us={
+                k: self.external_us.get(k, 0) + other.external_us.get(k, 0)
+                for k in {*self.external_us, *other.external_us}
+            },
+            startup_reject=self.startup_reject + other.startup_reject,
+            startup_reject_s=self.startup_reject_s + other.startup_reject_s,
+            production_reject_s=self.production_reject_s + other.production_reject_s,
         )
+
+    def _losses(self) -> dict[str, Any]:
+        """The loss tree in seconds and OEE points (docs/kpi.md), from these sums."""
+        planned_s = self.planned_us / US
+        external = {k: v / US for k, v in sorted(self.external_us.items())}
+        fault = self.down_us[MachineState.FAULT] / US
+        setup = self.down_us[MachineState.SETUP] / US
+        others = (
+            self.down_us[MachineState.IDLE]
+            + self.down_us[MachineState.STOPPED]
+            + self.down_us[MachineState.OFF]
+        ) / US - sum(external.values())
+        seconds = {
+            "breakdowns_s": fault,
+            "setup_s": setup,
+            "small_stops_s": self.short_stop_us / US,
+            "reduced_speed_s": (self.run_us - self.short_stop_us) / US - self.ideal_s,
+            "startup_rejects_s": self.startup_reject_s,
+            "production_rejects_s": self.production_reject_s,
+            "other_stops_s": others,
+        }
+        out: dict[str, Any] = dict(seconds)
+        out["external_s"] = external
+        out["points"] = {
+            k.removesuffix("_s"): _ratio(v * 100, planned_s) for k, v in seconds.items()
+        }
+        out["external_points"] = {k: _ratio(v * 100, planned_s) for k, v in external.items()}
+        return out
 
     def to_json(self) -> dict[str, Any]:
         planned_s = self.planned_us / US
@@ -76,6 +122,14 @@ class KpiComponents:
             if availability is not None and performance is not None and quality is not None
             else None
         )
+        external_s = sum(self.external_us.values()) / US
+        availability_ex = _ratio(run_s, planned_s - external_s)
+        oee_ex = (
+            availability_ex * performance * quality
+            if availability_ex is not None and performance is not None and quality is not None
+            else None
+        )
+        utilization = _ratio(planned_s, self.window_us / US)
         return {
             "calendar_planned_s": self.calendar_planned_us / US,
             "planned_s": planned_s,
@@ -94,6 +148,14 @@ class KpiComponents:
             "performance_capped": raw_performance is not None and raw_performance > 1.0,
             "quality": quality,
             "oee": oee,
+            "calendar_s": self.window_us / US,
+            "maintenance_s": self.maintenance_us / US,
+            "startup_rejects": self.startup_reject,
+            "startups": [iso_utc(from_us(t)) for t in self.startups_us],
+            "losses": self._losses(),
+            "oee_excluding_external": oee_ex,
+            "utilization": utilization,
+            "teep": None if oee is None or utilization is None else oee * utilization,
         }
 
 
@@ -114,17 +176,25 @@ def time_components(
     planned: Sequence[IntervalUs],
     window: IntervalUs,
     short_stop_threshold_s: float,
+    external_causes: Mapping[MachineState, str] | None = None,
 ) -> KpiComponents:
-    """Planned/run/short-stop/down time of one machine in ``window`` (docs/kpi.md).
+    """Planned/run/short-stop/down/external time of one machine in ``window`` (docs/kpi.md).
 
     ``spans`` is the state timeline in time order (it may begin before the window: stop
     events are classified on their whole duration, up to the window's end at most);
-    ``planned`` the calendar planned intervals (sorted, disjoint).
+    ``planned`` the calendar planned intervals (sorted, disjoint). Long-stop time in a
+    state of ``external_causes`` also counts as external under its cause. The instants
+    where running follows a long stop event are recorded in ``startups_us``.
     """
     w0, w1 = window
+    external = external_causes or {}
     planned_in = [(max(a, w0), min(b, w1)) for a, b in planned if a < w1 and b > w0]
     ends = [b for _, b in planned_in]
-    out = KpiComponents(calendar_planned_us=sum(b - a for a, b in planned_in))
+    out = KpiComponents(
+        calendar_planned_us=sum(b - a for a, b in planned_in),
+        window_us=max(0, w1 - w0),
+        external_us=dict.fromkeys(external.values(), 0),
+    )
     threshold_us = short_stop_threshold_s * US
 
     # Stop events: maximal runs of consecutive stop states (contiguous in time).
@@ -156,8 +226,52 @@ def time_components(
                 out.short_stop_us += part
             else:
                 out.down_us[es] += part
+                if es in external:
+                    cause = external[es]
+                    out.external_us[cause] = out.external_us.get(cause, 0) + part
+        if (
+            not short
+            and j + 1 < len(visible)
+            and visible[j + 1][2] is MachineState.RUNNING
+            and visible[j + 1][0] == visible[j][1]
+        ):
+            out.startups_us.append(visible[j + 1][0])
         i = j + 1
     return out
+
+
+def add_rejects(
+    comp: KpiComponents,
+    segments: Sequence[Segment],
+    window: IntervalUs,
+    startup_window_s: float,
+    ideal_cycle_s: float,
+) -> None:
+    """Count the units and rejects completed in ``window`` from the generated segments,
+    splitting rejects into startup rejects (completed less than ``startup_window_s`` after
+    one of ``comp.startups_us``) and production rejects; quality loss time is rejects x
+    the ideal cycle."""
+    w0, w1 = window
+    startups = sorted(comp.startups_us)
+    span_us = round(startup_window_s * US)
+    total = rejects = startup = 0
+    for seg in segments:
+        for ts, is_reject in seg.unit_times():
+            if not w0 <= ts < w1:
+                continue
+            total += 1
+            if not is_reject:
+                continue
+            rejects += 1
+            k = bisect.bisect_right(startups, ts) - 1
+            if k >= 0 and ts < startups[k] + span_us:
+                startup += 1
+    comp.total = total
+    comp.reject = rejects
+    comp.ideal_s = total * ideal_cycle_s
+    comp.startup_reject = startup
+    comp.startup_reject_s = startup * ideal_cycle_s
+    comp.production_reject_s = (rejects - startup) * ideal_cycle_s
 
 
 @dataclass

@@ -1,8 +1,9 @@
 """Expand a site's shift calendar into concrete UTC intervals.
 
 Shifts are declared in the site's local time (IANA timezone); a shift whose end is not after
-its start crosses midnight and belongs to the day it starts on. Planned production time is
-shift time minus planned breaks.
+its start crosses midnight and belongs to the day it starts on. A shift that starts on one of
+the site's holidays does not take place. Planned production time is shift time minus planned
+breaks and, for a machine, minus the maintenance windows of the machine or its line.
 """
 
 from __future__ import annotations
@@ -55,11 +56,12 @@ def shift_instances(site: Site, start: datetime, end: datetime) -> list[ShiftIns
     tz = site.tz
     first_day = start.astimezone(tz).date() - timedelta(days=1)
     last_day = end.astimezone(tz).date()
+    holidays = {h.date for h in site.holidays}
     out: list[ShiftInstance] = []
     day = first_day
     while day <= last_day:
         weekday = WEEKDAYS[day.weekday()]
-        for shift in site.calendar.shifts:
+        for shift in site.calendar.shifts if day not in holidays else ():
             if weekday in shift.days:
                 inst = _instance(shift, day, tz)
                 if inst.start < end and inst.end > start:
@@ -95,8 +97,25 @@ def clip(intervals: list[Interval], start: datetime, end: datetime) -> list[Inte
     return out
 
 
-def planned_intervals(site: Site, start: datetime, end: datetime) -> list[Interval]:
-    """Planned production time (shifts minus breaks) of ``site`` within ``[start, end)``."""
+def maintenance_intervals(
+    site: Site, machine_path: str, start: datetime, end: datetime
+) -> list[Interval]:
+    """UTC intervals of the site's maintenance windows covering ``machine_path`` (the
+    machine's own or its line's), clipped to ``[start, end)``, in time order."""
+    tz = site.tz
+    windows = [
+        (w.start.replace(tzinfo=tz).astimezone(UTC), w.end.replace(tzinfo=tz).astimezone(UTC))
+        for w in site.maintenance
+        if w.covers(machine_path)
+    ]
+    return sorted(clip(windows, start, end))
+
+
+def planned_intervals(
+    site: Site, start: datetime, end: datetime, machine_path: str | None = None
+) -> list[Interval]:
+    """Planned production time of ``site`` within ``[start, end)``: shifts (not on
+    holidays) minus breaks; for ``machine_path``, minus its maintenance windows too."""
     merged: list[Interval] = []
     for inst in shift_instances(site, start, end):
         for a, b in clip(inst.planned(), start, end):
@@ -104,7 +123,13 @@ def planned_intervals(site: Site, start: datetime, end: datetime) -> list[Interv
                 merged[-1] = (merged[-1][0], max(merged[-1][1], b))
             else:
                 merged.append((a, b))
-    return merged
+    if machine_path is None or not site.maintenance:
+        return merged
+    holes = maintenance_intervals(site, machine_path, start, end)
+    out: list[Interval] = []
+    for a, b in merged:
+        out.extend(subtract(a, b, holes))
+    return out
 
 
 def total_seconds(intervals: list[Interval]) -> float:

@@ -5,7 +5,8 @@ Every model forbids unknown keys so a typo is refused instead of silently ignore
 
 from __future__ import annotations
 
-from datetime import time
+from datetime import date, datetime, time
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -103,11 +104,33 @@ class MachineSignals(_Strict):
 StateMap = dict[str, MachineState]
 
 
+# Stop states whose long-stop time can be declared an external loss (with a cause such as
+# power_outage, no_material, no_operator). Breakdowns and setups are the machine's own.
+EXTERNAL_CAUSE_STATES = frozenset({MachineState.IDLE, MachineState.STOPPED, MachineState.OFF})
+ExternalCauses = dict[MachineState, Segment]
+
+
+def _check_external_causes(value: ExternalCauses | None) -> ExternalCauses | None:
+    for state in value or {}:
+        if state not in EXTERNAL_CAUSE_STATES:
+            raise ValueError(
+                f"state {state.value!r} cannot be an external loss; use one of "
+                f"{sorted(s.value for s in EXTERNAL_CAUSE_STATES)}"
+            )
+    return value
+
+
 class Machine(_Strict):
     id: Segment
     name: str | None = None
     ideal_cycle_s: float = Field(gt=0, description="ideal cycle time per unit, seconds")
     short_stop_threshold_s: float | None = Field(default=None, ge=0)
+    # Rejects counted this long after running resumes from a long stop are startup rejects.
+    startup_window_s: float | None = Field(default=None, ge=0)
+    # Stop states whose long-stop time is an external loss, with its cause.
+    external_causes: ExternalCauses | None = None
+
+    _external = field_validator("external_causes")(_check_external_causes)
     state_map: str | StateMap = "default"
     mode_map: dict[str, str] = Field(default_factory=lambda: {"1": "auto", "0": "manual"})
     signals: MachineSignals = Field(default_factory=MachineSignals)
@@ -139,12 +162,81 @@ class Area(_Strict):
     lines: list[Line] = Field(min_length=1)
 
 
+class ReasonCategory(StrEnum):
+    """Where a coded downtime reason belongs in the loss tree."""
+
+    BREAKDOWN = "breakdown"
+    SETUP = "setup"
+    SMALL_STOP = "small_stop"
+    EXTERNAL = "external"
+    PLANNED = "planned"
+    OTHER = "other"
+
+
+class Reason(_Strict):
+    """A downtime reason operators can code a stop event with."""
+
+    name: str = Field(min_length=1, max_length=200)
+    category: ReasonCategory
+
+
+ReasonCatalogue = dict[Segment, Reason]
+
+
+def _codes_to_str(value: Any) -> Any:
+    # YAML reads an unquoted code such as 12 as an int; codes are text.
+    if isinstance(value, dict):
+        return {str(k): v for k, v in value.items()}
+    return value
+
+
+class Holiday(_Strict):
+    """A local date without production: shift instances starting on it are not planned."""
+
+    date: date
+    name: str = "holiday"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_date(cls, value: Any) -> Any:
+        # A holiday may be written as a bare date: `- 2026-12-25`.
+        if isinstance(value, date | str):
+            return {"date": value}
+        return value
+
+
+class MaintenanceWindow(_Strict):
+    """Planned maintenance of a line or machine, local date-times: not planned production."""
+
+    asset: str = Field(description="site/area/line or site/area/line/machine path")
+    start: datetime
+    end: datetime
+    name: str = "maintenance"
+
+    @model_validator(mode="after")
+    def _sane(self) -> MaintenanceWindow:
+        if self.start.tzinfo is not None or self.end.tzinfo is not None:
+            raise ValueError("start and end are local times of the site; drop the UTC offset")
+        if self.end <= self.start:
+            raise ValueError("a maintenance window must end after it starts")
+        return self
+
+    def covers(self, machine_path: str) -> bool:
+        return machine_path == self.asset or machine_path.startswith(self.asset + "/")
+
+
 class Site(_Strict):
     id: Segment
     name: str | None = None
     timezone: str
     calendar: Calendar
     areas: list[Area] = Field(min_length=1)
+    holidays: list[Holiday] = Field(default_factory=list)
+    maintenance: list[MaintenanceWindow] = Field(default_factory=list)
+    # Downtime reasons of this site, added to (and overriding) the top-level catalogue.
+    reasons: ReasonCatalogue = Field(default_factory=dict)
+
+    _reason_codes = field_validator("reasons", mode="before")(_codes_to_str)
 
     @field_validator("timezone")
     @classmethod
@@ -158,6 +250,18 @@ class Site(_Strict):
     @property
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
+
+    @model_validator(mode="after")
+    def _maintenance_assets(self) -> Site:
+        lines = {f"{self.id}/{a.id}/{ln.id}": ln for a in self.areas for ln in a.lines}
+        known = set(lines) | {f"{p}/{m.id}" for p, ln in lines.items() for m in ln.machines}
+        for i, window in enumerate(self.maintenance):
+            if window.asset not in known:
+                raise ValueError(
+                    f"maintenance[{i}].asset {window.asset!r} is not a line or machine of "
+                    "this site (expected site/area/line or site/area/line/machine)"
+                )
+        return self
 
 
 DEFAULT_STATE_MAP: StateMap = {
@@ -184,6 +288,8 @@ class MachineRef(BaseModel):
     machine: Machine
     state_map: StateMap
     short_stop_threshold_s: float
+    startup_window_s: float = 0.0
+    external_causes: ExternalCauses = Field(default_factory=dict)
 
     @property
     def line_path(self) -> str:
@@ -194,9 +300,16 @@ class FactoryConfig(_Strict):
     version: int = 1
     state_maps: dict[Segment, StateMap] = Field(default_factory=dict)
     short_stop_threshold_s: float = Field(default=120.0, ge=0)
+    startup_window_s: float = Field(default=300.0, ge=0)
+    external_causes: ExternalCauses = Field(
+        default_factory=lambda: {MachineState.OFF: "power_outage"}
+    )
     sites: list[Site] = Field(min_length=1)
     # Opaque here; the simulator in devices/ validates it with its own model.
     simulation: dict[str, Any] | None = None
+    reasons: ReasonCatalogue = Field(default_factory=dict)
+
+    _reason_codes = field_validator("reasons", mode="before")(_codes_to_str)
 
     @field_validator("state_maps", mode="before")
     @classmethod
@@ -212,6 +325,7 @@ class FactoryConfig(_Strict):
     def _references(self) -> FactoryConfig:
         if self.version != 1:
             raise ValueError(f"unsupported factory.yaml version {self.version}; expected 1")
+        _check_external_causes(self.external_causes)
         seen: set[str] = set()
         for site in self.sites:
             for area in site.areas:
@@ -256,9 +370,24 @@ class FactoryConfig(_Strict):
                                 machine=m,
                                 state_map=smap,
                                 short_stop_threshold_s=threshold,
+                                startup_window_s=(
+                                    m.startup_window_s
+                                    if m.startup_window_s is not None
+                                    else self.startup_window_s
+                                ),
+                                external_causes=(
+                                    m.external_causes
+                                    if m.external_causes is not None
+                                    else self.external_causes
+                                ),
                             )
                         )
         return out
+
+    def reasons_for(self, site: Site) -> ReasonCatalogue:
+        """The downtime reasons operators of ``site`` may code: the top-level catalogue with
+        the site's own entries added (a site entry replaces a top-level one of its code)."""
+        return {**self.reasons, **site.reasons}
 
     def machine(self, path: str) -> MachineRef:
         AssetPath.parse(path)

@@ -11,7 +11,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from rich.console import Console
@@ -25,12 +25,16 @@ from karkhana.demo.broker import EmbeddedBroker
 from karkhana.errors import ConnectionFailed
 from karkhana.models import iso_utc
 
+if TYPE_CHECKING:  # the kernel imports components only when the demo runs
+    from services.keys import KeyStore, Role
+
 log = logging.getLogger(__name__)
 
 AGENT_ID = "demo-edge"
 READY_TIMEOUT_S = 30.0
 DEMO_MAX_FUTURE_S = 400 * 86_400.0
 DRAIN_TIMEOUT_S = 60.0
+API_KEY_FILE = "api-key.txt"  # in the data dir: the demo's admin key, for curl
 
 
 @dataclass(frozen=True)
@@ -77,10 +81,12 @@ STATE_STYLE = {
 class Dashboard:
     """Polls the platform's own API and renders the machine table."""
 
-    def __init__(self, api_url: str, factory: FactoryConfig) -> None:
+    def __init__(self, api_url: str, factory: FactoryConfig, api_key: str) -> None:
         self.api_url = api_url
         self.factory = factory
-        self.client = httpx.AsyncClient(base_url=api_url, timeout=10.0)
+        self.client = httpx.AsyncClient(
+            base_url=api_url, timeout=10.0, headers={"Authorization": f"Bearer {api_key}"}
+        )
         self.rows: dict[str, dict[str, Any]] = {}
         self.states: dict[str, str | None] = {}
         self.answered: set[str] = set()
@@ -174,6 +180,7 @@ async def run_demo(opts: DemoOptions) -> int:
     from gateway import Gateway, GatewaySettings
     from services.api.main import ApiSettings
     from services.cli import serve
+    from services.keys import KeyStore, Role
 
     # Piped output (logs, CI) gets a fixed width so the final table stays readable.
     console = Console() if Console().is_terminal else Console(width=120)
@@ -212,6 +219,8 @@ async def run_demo(opts: DemoOptions) -> int:
         api_settings = ApiSettings(
             factory=opts.factory_path, db=db_path, host="127.0.0.1", port=opts.api_port
         )
+        with KeyStore(api_settings.keys_path) as keys:
+            api_key = _demo_key(keys, data_dir / API_KEY_FILE, Role.ADMIN)
         tasks.append(asyncio.create_task(serve(api_settings, api_started), name="api"))
 
         sim = await stack.enter_async_context(
@@ -246,9 +255,12 @@ async def run_demo(opts: DemoOptions) -> int:
             f"speed x{opts.speed:g}"
             + (f", {opts.duration_s:g} s" if opts.duration_s else ", Ctrl-C stops")
         )
+        console.print(
+            f"API key (admin, also in {data_dir / API_KEY_FILE}): {api_key}", soft_wrap=True
+        )
         sim_task = asyncio.create_task(sim.run(), name="simulator")
         tasks.append(sim_task)
-        dashboard = Dashboard(api_url, factory)
+        dashboard = Dashboard(api_url, factory, api_key)
         stack.push_async_callback(dashboard.close)
         try:
             await _show_until_done(console, dashboard, sim, sim_task, tasks, opts.live)
@@ -270,6 +282,20 @@ async def run_demo(opts: DemoOptions) -> int:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
     return 0
+
+
+def _demo_key(keys: KeyStore, key_file: Path, role: Role) -> str:
+    """The demo's API key: the one in ``key_file`` while it is still valid, else a new one
+    (written there, readable by the owner only) so each run does not add a key."""
+    with contextlib.suppress(OSError):
+        kept = key_file.read_text(encoding="utf-8").strip()
+        found = keys.authenticate(kept)
+        if found is not None and found.role == role:
+            return kept
+    _, secret = keys.create("demo", role)
+    key_file.write_text(secret + "\n", encoding="utf-8")
+    key_file.chmod(0o600)
+    return secret
 
 
 def _route_logs(log_file: Path, *, quiet_console: bool) -> None:

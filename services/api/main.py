@@ -5,15 +5,18 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
-from fastapi import FastAPI, Request, status
+from fastapi import Depends, FastAPI, Request, status
 from fastapi.responses import JSONResponse
 
 from karkhana.config.factory import load_factory
 from karkhana.errors import StoreError
-from services.api.routes import assets, deadletters, health, kpi
+from services.api.auth import Role, TokenBuckets, require_role, unprotected_routes
+from services.api.routes import assets, deadletters, downtime, health, keys, kpi
 from services.api.settings import ApiSettings
 from services.influx_reader import InfluxSource
+from services.keys import KeyStore
 
 __all__ = ["ApiSettings", "create_app"]
 
@@ -28,21 +31,25 @@ def create_app(settings: ApiSettings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         factory = load_factory(settings.factory)
         app.state.factory = factory
+        app.state.keys = KeyStore(settings.keys_path)
         logger.info(
             "API serving %d machine(s) of %s from %s",
             len(factory.machines()),
             settings.factory,
             settings.store_location,
         )
-        if settings.store != "influxdb":
-            yield
-            return
-        # One pooled connection for the process; each request takes a reader from it.
-        app.state.influx = InfluxSource(settings.influx_target())
         try:
-            yield
+            if settings.store != "influxdb":
+                yield
+                return
+            # One pooled connection for the process; each request takes a reader from it.
+            app.state.influx = InfluxSource(settings.influx_target())
+            try:
+                yield
+            finally:
+                app.state.influx.close()
         finally:
-            app.state.influx.close()
+            app.state.keys.close()
 
     app = FastAPI(
         title="karkhana",
@@ -51,10 +58,25 @@ def create_app(settings: ApiSettings) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.include_router(health.router)
-    app.include_router(assets.router, prefix="/api/v1")
-    app.include_router(kpi.router, prefix="/api/v1")
-    app.include_router(deadletters.router, prefix="/api/v1")
+    app.state.rate_limits = TokenBuckets(settings.rate_limit_per_s, settings.rate_limit_burst)
+    app.include_router(health.router)  # open: liveness probes send no key
+
+    # Every /api/ router names the lowest role that may use it; routes can ask for more
+    # with their own require_role (e.g. operator for coding downtime reasons).
+    def role(needed: Role) -> list[Any]:
+        return [Depends(require_role(needed))]
+
+    app.include_router(assets.router, prefix="/api/v1", dependencies=role(Role.VIEWER))
+    app.include_router(kpi.router, prefix="/api/v1", dependencies=role(Role.VIEWER))
+    # Reading downtime needs a viewer; coding a reason (PUT) asks for an operator itself.
+    app.include_router(downtime.router, prefix="/api/v1", dependencies=role(Role.VIEWER))
+    app.include_router(deadletters.router, prefix="/api/v1", dependencies=role(Role.INTEGRATOR))
+    app.include_router(keys.router, prefix="/api/v1", dependencies=role(Role.ADMIN))
+    if open_routes := unprotected_routes(app):
+        raise RuntimeError(
+            f"API routes without a role: {', '.join(open_routes)}; include their router "
+            "with dependencies=role(Role....)"
+        )
 
     @app.exception_handler(StoreError)
     async def _store_error(request: Request, exc: StoreError) -> JSONResponse:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 
+from karkhana.models import from_ns, to_ns, utc_now
 from services.api.errors import unprocessable
+from services.kpi.buckets import floor_bucket
 
 # A '+' in an unencoded query string arrives as a space: "...T06:00:00 05:00".
 _SPACED_OFFSET = re.compile(r"^(.*\d) (\d{2}(?::?\d{2})?)$")
@@ -40,3 +42,8 @@ def check_window(start: datetime, end: datetime, max_days: float) -> None:
             f"the window from {start.isoformat()} to {end.isoformat()} is longer than the "
             f"maximum of {max_days:g} days; ask for a shorter window"
         )
+
+
+def default_bucket_end() -> datetime:
+    """The end of a bucketed query without 'to': the start of the current bucket."""
+    return from_ns(floor_bucket(to_ns(utc_now())))

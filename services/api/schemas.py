@@ -7,6 +7,7 @@ from enum import StrEnum
 from pydantic import BaseModel, Field
 
 from karkhana.models import MachineState
+from services.kpi import OeeComponents, loss_tree
 
 
 class StoreHealth(BaseModel):
@@ -59,6 +60,17 @@ class AssetTree(BaseModel):
 class GroupBy(StrEnum):
     MACHINE = "machine"
     LINE = "line"
+    AREA = "area"
+    SITE = "site"
+
+
+class BucketBy(StrEnum):
+    """Reporting periods, in the site's local time (unions of 15-minute buckets)."""
+
+    HOUR = "hour"
+    SHIFT = "shift"
+    DAY = "day"
+    WEEK = "week"
 
 
 class ComponentsOut(BaseModel):
@@ -74,6 +86,74 @@ class ComponentsOut(BaseModel):
     good: int | float
     covered_s: float
     window_s: float
+    external_s: dict[str, float] = Field(
+        default_factory=dict, description="part of down_s with an external cause, by cause"
+    )
+    maintenance_s: float = Field(
+        default=0.0, description="shift time removed from planned time by maintenance windows"
+    )
+    startup_rejects: int | float = Field(
+        default=0, description="rejects counted within startup_window_s after a long stop"
+    )
+
+    @classmethod
+    def from_components(cls, c: OeeComponents) -> ComponentsOut:
+        return cls(
+            planned_s=c.planned_s,
+            run_s=c.run_s,
+            short_stop_s=c.short_stop_s,
+            down_s=dict(c.down_s),
+            no_data_s=c.no_data_s,
+            planned_stop_s=c.planned_stop_s,
+            ideal_s=c.ideal_s,
+            total=_count(c.total),
+            good=_count(c.good),
+            covered_s=c.covered_s,
+            window_s=c.window_s,
+            external_s=dict(c.external_s),
+            maintenance_s=c.maintenance_s,
+            startup_rejects=_count(c.startup_rejects),
+        )
+
+
+def _count(value: float) -> int | float:
+    return int(value) if float(value).is_integer() else value
+
+
+class LossOut(BaseModel):
+    seconds: float
+    points: float | None = Field(description="OEE points: seconds / planned_s x 100")
+
+
+class LossesOut(BaseModel):
+    """The loss tree (docs/kpi.md): the six big losses, other stops and external losses."""
+
+    breakdowns: LossOut
+    setup: LossOut
+    small_stops: LossOut
+    reduced_speed: LossOut
+    startup_rejects: LossOut
+    production_rejects: LossOut
+    other_stops: LossOut
+    external: dict[str, LossOut] = Field(description="external losses by cause")
+
+    @classmethod
+    def from_components(cls, c: OeeComponents) -> LossesOut:
+        tree = loss_tree(c)
+
+        def out(seconds: float) -> LossOut:
+            return LossOut(seconds=seconds, points=tree.points(seconds))
+
+        return cls(
+            breakdowns=out(tree.breakdowns_s),
+            setup=out(tree.setup_s),
+            small_stops=out(tree.small_stops_s),
+            reduced_speed=out(tree.reduced_speed_s),
+            startup_rejects=out(tree.startup_rejects_s),
+            production_rejects=out(tree.production_rejects_s),
+            other_stops=out(tree.other_stops_s),
+            external={cause: out(s) for cause, s in tree.external_s.items()},
+        )
 
 
 class OeeItem(BaseModel):
@@ -89,3 +169,14 @@ class OeeItem(BaseModel):
     components: ComponentsOut
     flags: list[str]
     machines: int
+    losses: LossesOut | None = None
+    oee_excluding_external: float | None = Field(
+        default=None, description="OEE with external losses removed from planned time"
+    )
+    teep: float | None = Field(default=None, description="OEE x planned_s / window_s")
+    utilization: float | None = Field(default=None, description="planned_s / window_s")
+    period: str | None = Field(
+        default=None,
+        description="with 'bucket': the period's local label, e.g. 2024-05-06/morning, "
+        "2024-05-06, 2024-W19 or 2024-05-06T06:00+0500",
+    )

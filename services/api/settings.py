@@ -26,6 +26,32 @@ class ApiSettings(InfluxSettings, BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535)
     max_gap_s: float = Field(default=300.0, gt=0, description="coverage: max freshness per sample")
     max_window_days: float = Field(default=93, gt=0, description="longest KPI window accepted")
+    keys_db: Path | None = Field(
+        default=None,
+        description="SQLite file of the API keys; default keys.sqlite next to the store 'db'",
+    )
+    reasons_db: Path | None = Field(
+        default=None,
+        description="SQLite file of downtime reason codings; default reasons.sqlite next to 'db'",
+    )
+    rate_limit_per_s: float = Field(
+        default=20.0, gt=0, description="requests per second each key (or address) may make"
+    )
+    rate_limit_burst: int = Field(
+        default=100, ge=1, description="requests a key (or address) may make at once"
+    )
+
+    @property
+    def keys_path(self) -> Path:
+        """Where the API keys are kept."""
+        return self.keys_db if self.keys_db is not None else self.db.parent / "keys.sqlite"
+
+    @property
+    def reasons_path(self) -> Path:
+        """Where operators' downtime codings are kept."""
+        if self.reasons_db is not None:
+            return self.reasons_db
+        return self.db.parent / "reasons.sqlite"
 
     @property
     def store_location(self) -> str:

@@ -16,6 +16,7 @@ from services.kpi.engine import (
     load_machine_data,
     machine_components,
 )
+from services.kpi.losses import LossTree, loss_tree
 from services.kpi.planned import PlannedTime, planned_ns
 from services.kpi.ratios import PERFORMANCE_CAPPED, OeeRatios, compute_ratios
 from services.kpi.source import Point, SampleSource
@@ -41,6 +42,7 @@ __all__ = [
     "UNMAPPED_STATE",
     "CounterDelta",
     "CurrentState",
+    "LossTree",
     "MachineData",
     "MachineSpec",
     "OeeComponents",
@@ -56,6 +58,7 @@ __all__ = [
     "covered_ns",
     "current_state",
     "load_machine_data",
+    "loss_tree",
     "machine_components",
     "planned_ns",
     "state_times",

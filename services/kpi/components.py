@@ -22,6 +22,15 @@ def _zero_down() -> Mapping[str, float]:
     return MappingProxyType(dict.fromkeys(DOWN_CATEGORIES, 0.0))
 
 
+def _no_external() -> Mapping[str, float]:
+    return MappingProxyType({})
+
+
+def _add_maps(a: Mapping[str, float], b: Mapping[str, float]) -> Mapping[str, float]:
+    keys = list(a) + [k for k in b if k not in a]
+    return MappingProxyType({k: a.get(k, 0.0) + b.get(k, 0.0) for k in keys})
+
+
 @dataclass(frozen=True, slots=True)
 class OeeComponents:
     """Times in seconds, counts in units; every field sums across windows and machines.
@@ -29,7 +38,13 @@ class OeeComponents:
     ``planned_s = run_s + sum(down_s.values()) + no_data_s``; ``planned_stop_s`` is the
     calendar planned time the machine spent in ``planned_stop`` (removed from planned time);
     ``short_stop_s`` is the part of ``run_s`` spent in short stops. ``covered_s`` /
-    ``window_s`` give the data coverage. ``flags`` is the union of the parts' flags.
+    ``window_s`` give the data coverage; ``window_s`` is also the calendar time of TEEP and
+    utilization. ``external_s`` is the part of ``down_s`` with an external cause, by cause.
+    ``maintenance_s`` is shift time (net of breaks) removed from planned time by maintenance
+    windows. ``startup_rejects`` is the part of ``total - good`` counted within a startup
+    window; ``startup_reject_s`` and ``production_reject_s`` are the startup and other rejects
+    times their machine's ideal cycle (quality loss time). ``flags`` is the union of the
+    parts' flags.
     """
 
     planned_s: float = 0.0
@@ -43,7 +58,16 @@ class OeeComponents:
     good: float = 0.0
     covered_s: float = 0.0
     window_s: float = 0.0
+    external_s: Mapping[str, float] = field(default_factory=_no_external)
+    maintenance_s: float = 0.0
+    startup_rejects: float = 0.0
+    startup_reject_s: float = 0.0
+    production_reject_s: float = 0.0
     flags: frozenset[str] = frozenset()
+
+    @property
+    def external_total_s(self) -> float:
+        return sum(self.external_s.values())
 
     @property
     def down_total_s(self) -> float:
@@ -52,13 +76,11 @@ class OeeComponents:
     def __add__(self, other: object) -> OeeComponents:
         if not isinstance(other, OeeComponents):
             return NotImplemented
-        keys = list(self.down_s) + [k for k in other.down_s if k not in self.down_s]
-        down = {k: self.down_s.get(k, 0.0) + other.down_s.get(k, 0.0) for k in keys}
         return OeeComponents(
             planned_s=self.planned_s + other.planned_s,
             run_s=self.run_s + other.run_s,
             short_stop_s=self.short_stop_s + other.short_stop_s,
-            down_s=MappingProxyType(down),
+            down_s=_add_maps(self.down_s, other.down_s),
             no_data_s=self.no_data_s + other.no_data_s,
             planned_stop_s=self.planned_stop_s + other.planned_stop_s,
             ideal_s=self.ideal_s + other.ideal_s,
@@ -66,6 +88,11 @@ class OeeComponents:
             good=self.good + other.good,
             covered_s=self.covered_s + other.covered_s,
             window_s=self.window_s + other.window_s,
+            external_s=_add_maps(self.external_s, other.external_s),
+            maintenance_s=self.maintenance_s + other.maintenance_s,
+            startup_rejects=self.startup_rejects + other.startup_rejects,
+            startup_reject_s=self.startup_reject_s + other.startup_reject_s,
+            production_reject_s=self.production_reject_s + other.production_reject_s,
             flags=self.flags | other.flags,
         )
 
@@ -83,6 +110,11 @@ class OeeComponents:
             "good": self.good,
             "covered_s": self.covered_s,
             "window_s": self.window_s,
+            "external_s": dict(self.external_s),
+            "maintenance_s": self.maintenance_s,
+            "startup_rejects": self.startup_rejects,
+            "startup_reject_s": self.startup_reject_s,
+            "production_reject_s": self.production_reject_s,
             "flags": sorted(self.flags),
         }
 

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from bisect import bisect_left
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
 
 from karkhana.config.factory import MachineRef, StateMap
-from karkhana.models import Quality, to_ns
+from karkhana.models import MachineState, Quality, to_ns
 from services.kpi.components import OeeComponents
-from services.kpi.counters import counter_delta
+from services.kpi.counters import _numeric, counter_delta
 from services.kpi.coverage import covered_ns
 from services.kpi.planned import NsInterval, PlannedTime, planned_ns
 from services.kpi.source import Point, SampleSource
@@ -28,10 +29,18 @@ class MachineSpec:
     state_map: StateMap
     ideal_cycle_s: float
     short_stop_threshold_s: float
+    startup_window_s: float = 0.0
+    external_causes: Mapping[MachineState, str] = field(default_factory=dict)
 
     @classmethod
     def from_ref(cls, ref: MachineRef) -> MachineSpec:
-        return cls(ref.state_map, ref.machine.ideal_cycle_s, ref.short_stop_threshold_s)
+        return cls(
+            ref.state_map,
+            ref.machine.ideal_cycle_s,
+            ref.short_stop_threshold_s,
+            ref.startup_window_s,
+            ref.external_causes,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +52,8 @@ class MachineData:
     ``total_counts`` / ``reject_counts``: the counter's last good sample before the window
     (when there is one) then its samples in the window. ``sample_times``: sorted distinct
     timestamps of all the machine's signals, preceded by the last one before the window.
-    ``planned``: calendar planned intervals inside the window.
+    ``planned``: calendar planned intervals inside the window; ``maintenance_ns``: shift time
+    those intervals leave out because of the machine's maintenance windows.
     """
 
     start_ns: int
@@ -53,6 +63,35 @@ class MachineData:
     total_counts: Sequence[Point] = ()
     reject_counts: Sequence[Point] = ()
     sample_times: Sequence[int] = ()
+    maintenance_ns: int = 0
+
+
+def _startup_periods(
+    startups: Sequence[int], window_ns: int, start_ns: int, end_ns: int
+) -> list[tuple[int, int]]:
+    """Union of ``[s, s + window_ns)`` over the startups, clipped to the window."""
+    out: list[tuple[int, int]] = []
+    for s in startups:
+        lo, hi = max(s, start_ns), min(s + window_ns, end_ns)
+        if lo >= hi:
+            continue
+        if out and lo <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def _delta_in(points: Sequence[Point], times: Sequence[int], lo: int, hi: int) -> float:
+    """Counter increments of the samples with ``lo <= ts < hi`` (``times``: their ts)."""
+    a, b = bisect_left(times, lo), bisect_left(times, hi)
+    if a >= b:
+        return 0.0
+    # The baseline is the latest usable sample before ``lo``, as for the whole window.
+    k = a - 1
+    while k >= 0 and (points[k].quality == Quality.BAD or _numeric(points[k]) is None):
+        k -= 1
+    return counter_delta(points[k:b] if k >= 0 else points[a:b], lo).delta
 
 
 def machine_components(data: MachineData, spec: MachineSpec, max_gap_s: float) -> OeeComponents:
@@ -67,9 +106,15 @@ def machine_components(data: MachineData, spec: MachineSpec, max_gap_s: float) -
         data.start_ns,
         data.end_ns,
         spec.short_stop_threshold_s,
+        spec.external_causes,
     )
     total = counter_delta(data.total_counts, data.start_ns)
     rejects = counter_delta(data.reject_counts, data.start_ns)
+    periods = _startup_periods(
+        times.startups_ns, round(spec.startup_window_s * _NS), data.start_ns, data.end_ns
+    )
+    reject_times = [p.ts_ns for p in data.reject_counts]
+    startup_rejects = sum(_delta_in(data.reject_counts, reject_times, a, b) for a, b in periods)
     flags = times.flags | total.flags | rejects.flags
     if times.no_data_ns > 0:
         flags.add(NO_DATA)
@@ -88,6 +133,11 @@ def machine_components(data: MachineData, spec: MachineSpec, max_gap_s: float) -
         good=total.delta - rejects.delta,
         covered_s=covered / _NS,
         window_s=(data.end_ns - data.start_ns) / _NS,
+        external_s=MappingProxyType({k: v / _NS for k, v in times.external_ns.items()}),
+        maintenance_s=data.maintenance_ns / _NS,
+        startup_rejects=startup_rejects,
+        startup_reject_s=startup_rejects * spec.ideal_cycle_s,
+        production_reject_s=(rejects.delta - startup_rejects) * spec.ideal_cycle_s,
         flags=frozenset(flags),
     )
 
@@ -121,11 +171,19 @@ def load_machine_data(
         source.points_before(asset, signals.state, start_ns),
         source.points(asset, signals.state, start_ns, end_ns),
         source.points_from(asset, signals.state, end_ns),
+        reach_back_to_ns=start_ns - round(ref.startup_window_s * _NS),
     )
+    planned = planned_ns(ref.site, start, end, ref.path)
+    maintenance = 0
+    if ref.site.maintenance:
+        maintenance = sum(b - a for a, b in planned_ns(ref.site, start, end)) - sum(
+            b - a for a, b in planned
+        )
     return MachineData(
         start_ns=start_ns,
         end_ns=end_ns,
-        planned=planned_ns(ref.site, start, end),
+        planned=planned,
+        maintenance_ns=maintenance,
         states=states,
         total_counts=_counter_points(source, asset, signals.total_count, start_ns, end_ns),
         reject_counts=_counter_points(source, asset, signals.reject_count, start_ns, end_ns),

@@ -13,9 +13,12 @@ from karkhana.models import to_ns
 NsInterval = tuple[int, int]
 
 
-def planned_ns(site: Site, start: datetime, end: datetime) -> list[NsInterval]:
-    """The site's planned production intervals (shifts minus breaks) within ``[start, end)``."""
-    return [(to_ns(a), to_ns(b)) for a, b in planned_intervals(site, start, end)]
+def planned_ns(
+    site: Site, start: datetime, end: datetime, machine_path: str | None = None
+) -> list[NsInterval]:
+    """The site's planned production intervals within ``[start, end)``: shifts (not on
+    holidays) minus breaks, and minus the maintenance windows of ``machine_path`` if given."""
+    return [(to_ns(a), to_ns(b)) for a, b in planned_intervals(site, start, end, machine_path)]
 
 
 class PlannedTime:

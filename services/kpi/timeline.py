@@ -9,7 +9,7 @@ states over the whole timeline, classified short or long on their whole duration
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from karkhana.config.factory import StateMap, map_state
@@ -44,6 +44,10 @@ class StateTimes:
     down_ns: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DOWN_CATEGORIES, 0))
     no_data_ns: int = 0
     planned_stop_ns: int = 0
+    # Part of down_ns in states declared external, by cause.
+    external_ns: dict[str, int] = field(default_factory=dict)
+    # Instants where running resumes after a long stop event (startups), in time order.
+    startups_ns: list[int] = field(default_factory=list)
     flags: set[str] = field(default_factory=set)
 
     @property
@@ -58,15 +62,20 @@ def state_times(
     start_ns: int,
     end_ns: int,
     short_stop_threshold_s: float,
+    external_causes: Mapping[MachineState, str] | None = None,
 ) -> StateTimes:
     """Split the planned time of ``[start_ns, end_ns)`` by machine state.
 
     ``states`` are the machine's state samples in time order, reaching back before
     ``start_ns`` to the start of any stop event in progress there and ahead past ``end_ns``
     to the sample ending any stop event in progress there. ``planned`` must lie inside the
-    window. One linear pass; planned-time overlaps are O(log n) lookups.
+    window. One linear pass; planned-time overlaps are O(log n) lookups. Long-stop time in a
+    state of ``external_causes`` is also counted in ``external_ns`` under its cause; every
+    ``running`` sample that ends a long stop event is a startup (``startups_ns``).
     """
-    out = StateTimes(calendar_ns=planned.total)
+    external = external_causes or {}
+    out_external = dict.fromkeys(external.values(), 0)
+    out = StateTimes(calendar_ns=planned.total, external_ns=out_external)
     n = len(states)
     if n == 0:
         out.no_data_ns = planned.total
@@ -97,7 +106,13 @@ def state_times(
                     out.run_ns += p
                     out.short_stop_ns += p
                 else:
-                    out.down_ns[str(canon[k])] += p
+                    state_k = canon[k]
+                    out.down_ns[str(state_k)] += p
+                    cause = external.get(state_k) if state_k is not None else None
+                    if cause is not None:
+                        out.external_ns[cause] = out.external_ns.get(cause, 0) + p
+            if not short and j + 1 < n and canon[j + 1] is MachineState.RUNNING:
+                out.startups_ns.append(ts[j + 1])
             i = j + 1
             continue
         p = planned.overlap(ts[i], seg_end(i))
@@ -118,18 +133,23 @@ def stop_event_bounds(
     before: Iterator[Point],
     window: Sequence[Point],
     after: Iterator[Point],
+    reach_back_to_ns: int | None = None,
 ) -> list[Point]:
     """Assemble the state samples ``state_times`` needs.
 
     ``before``: samples before the window, newest first; taken back to (and including) the
     first one that is not a stop state, which bounds the stop event in progress at the
-    window start. ``after``: samples from the window end on, oldest first; taken while a
-    stop event is in progress, up to (and including) the sample that ends it.
+    window start, and at least to ``reach_back_to_ns`` (so that a startup shortly before the
+    window is seen with the stop event it ends). ``after``: samples from the window end on,
+    oldest first; taken while a stop event is in progress, up to (and including) the sample
+    that ends it.
     """
     back: list[Point] = []
     for p in before:
         back.append(p)
-        if canonical_state(p, state_map) not in STOP_STATES:
+        if canonical_state(p, state_map) not in STOP_STATES and (
+            reach_back_to_ns is None or p.ts_ns <= reach_back_to_ns
+        ):
             break
     back.reverse()
     timeline = back + list(window)
@@ -162,3 +182,45 @@ def current_state(
         else:
             latest = CurrentState(state, p.ts_ns)
     return latest
+
+
+@dataclass(frozen=True, slots=True)
+class StopEvent:
+    """One stop event as ``state_times`` sees it: consecutive stop-state segments.
+
+    ``segments`` are ``(state, start_ns, end_ns)``; ``end_ns`` is the sample that ends the
+    event or, when ``open``, the window end (or the last sample, when that is later).
+    """
+
+    start_ns: int
+    end_ns: int
+    open: bool
+    short: bool
+    segments: tuple[tuple[MachineState, int, int], ...]
+
+
+def stop_events(
+    states: Sequence[Point], state_map: StateMap, end_ns: int, short_stop_threshold_s: float
+) -> list[StopEvent]:
+    """The stop events of ``states`` (samples as ``state_times`` takes them), classified
+    short or long by the same rule as ``state_times``."""
+    threshold_ns = round(short_stop_threshold_s * 1e9)
+    n = len(states)
+    ts = [p.ts_ns for p in states]
+    canon = [canonical_state(p, state_map) for p in states]
+    events: list[StopEvent] = []
+    i = 0
+    while i < n:
+        if canon[i] not in STOP_STATES:
+            i += 1
+            continue
+        j = i
+        while j + 1 < n and canon[j + 1] in STOP_STATES:
+            j += 1
+        ends = [ts[k + 1] if k + 1 < n else max(end_ns, ts[k]) for k in range(i, j + 1)]
+        segments = tuple((MachineState(str(canon[k])), ts[k], ends[k - i]) for k in range(i, j + 1))
+        events.append(
+            StopEvent(ts[i], ends[-1], j + 1 >= n, ends[-1] - ts[i] < threshold_ns, segments)
+        )
+        i = j + 1
+    return events

@@ -40,8 +40,12 @@ def test_demo_runs_answers_and_ends_by_itself(tmp_path: Path, factory_on_free_po
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
         try:
             deadline = time.monotonic() + 150
+            key_file = tmp_path / "data" / "api-key.txt"  # the demo's admin key
             with httpx.Client(base_url=f"http://127.0.0.1:{api_port}", timeout=5) as client:
                 while proc.poll() is None and time.monotonic() < deadline:
+                    if key_file.exists():
+                        key = key_file.read_text().strip()
+                        client.headers["Authorization"] = f"Bearer {key}"
                     try:
                         tree = client.get("/api/v1/assets").json()
                         site = tree["sites"][0]["id"]

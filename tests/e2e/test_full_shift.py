@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 
 from services.api.main import ApiSettings, create_app
-from tests.e2e.truth_check import differences
+from tests.e2e.truth_check import differences, startup_reject_slack
+from tests.helpers.api import api_client
 from tests.helpers.servers import Mosquitto, free_port
 
 pytestmark = pytest.mark.e2e
@@ -53,7 +53,7 @@ def test_full_shift_oee_matches_ground_truth(
     assert truth["to"].replace("+00:00", "Z") == SHIFT_END
 
     app = create_app(ApiSettings(factory=factory_on_free_ports, db=data_dir / "karkhana.sqlite"))
-    with TestClient(app) as client:
+    with api_client(app, "viewer") as client:
         response = client.get(
             "/api/v1/kpi/oee",
             params={"asset": "lahore", "from": SHIFT_START, "to": SHIFT_END, "group_by": "machine"},
@@ -69,5 +69,13 @@ def test_full_shift_oee_matches_ground_truth(
         # The scenario must exercise the platform: every machine ran, produced and stopped.
         assert expected["total"] > 0 and expected["run_s"] > 0
         assert expected["availability"] < 0.99 and expected["quality"] < 1
-    problems = differences(machines, truth, "machine") + differences(lines, truth, "line")
+    slack = startup_reject_slack(truth, factory_on_free_ports, data_dir / "karkhana.sqlite")
+    for path, expected in truth["machines"].items():
+        # The new components are exercised too: startups with rejects, an external loss.
+        assert expected["startup_rejects"] > 0, path
+        assert expected["losses"]["external_s"]["power_outage"] > 0, path
+    assert truth["machines"]["lahore/weaving/line-1/loom-02"]["maintenance_s"] == 1800
+    problems = differences(machines, truth, "machine", slack) + differences(
+        lines, truth, "line", slack
+    )
     assert not problems, "\n".join(problems)

@@ -15,6 +15,7 @@ import pytest
 from karkhana.errors import KarkhanaError
 from services.api import ApiSettings
 from services.cli import serve
+from tests.helpers.api import auth_headers, create_key
 from tests.helpers.servers import free_port, wait_for_port
 from tests.helpers.store_builders import write_factory, write_samples
 
@@ -55,7 +56,8 @@ async def test_serve_in_current_loop_until_cancelled(factory: Path, db: Path) ->
     started = asyncio.Event()
     task = asyncio.create_task(serve(settings, started))
     await asyncio.wait_for(started.wait(), timeout=10)
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+    headers = auth_headers(create_key(settings.keys_path, "viewer"))
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=headers) as client:
         health = await client.get("/health")
         kpi = await client.get(
             "/api/v1/kpi/oee",
@@ -106,7 +108,8 @@ def test_cli_runs_and_stops_cleanly_on_a_signal(
     )
     try:
         wait_for_port(port, timeout=20)
-        body = httpx.get(f"http://127.0.0.1:{port}/api/v1/assets").json()
+        headers = auth_headers(create_key(db.parent / "keys.sqlite", "viewer"))
+        body = httpx.get(f"http://127.0.0.1:{port}/api/v1/assets", headers=headers).json()
         assert body["sites"][0]["areas"][0]["lines"][0]["machines"][0]["state"] == "off"
         proc.send_signal(stop_signal)
         assert proc.wait(timeout=15) == 0

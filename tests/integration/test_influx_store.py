@@ -18,7 +18,6 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from fastapi.testclient import TestClient
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway import Gateway, GatewaySettings
@@ -35,6 +34,7 @@ from services.api import ApiSettings, create_app
 from services.influx_reader import InfluxReader, InfluxSource
 from services.kpi.source import Point
 from services.store import SqliteReader
+from tests.helpers.api import api_client
 from tests.helpers.influx_servers import Influxd, run_influxd, run_victoria_metrics
 from tests.helpers.servers import Mosquitto, async_wait_until, free_port, wait_until
 from tests.helpers.store_builders import Row, write_factory, write_samples
@@ -300,10 +300,11 @@ def test_kpi_api_on_influx_matches_sqlite_and_the_scenario(
         influx_url=influxd.url,
         influx_api="v1",
         influx_db="plant",
+        keys_db=tmp_path / "keys.sqlite",
     )
     answers = []
     for settings in (on_sqlite, on_influx):
-        with TestClient(create_app(settings)) as client:
+        with api_client(create_app(settings), "viewer") as client:
             response = client.get("/api/v1/kpi/oee", params=query)
             assert response.status_code == 200, response.text
             answers.append(response.json())
@@ -327,8 +328,14 @@ def test_api_answers_503_while_influx_is_down(tmp_path: Path) -> None:
         shifts=[{"name": "day", "start": "06:00", "end": "14:00"}],
     )
     down = f"http://127.0.0.1:{free_port()}"
-    settings = ApiSettings(factory=factory, store="influxdb", influx_url=down, influx_api="v1")
-    with TestClient(create_app(settings)) as client:
+    settings = ApiSettings(
+        factory=factory,
+        store="influxdb",
+        influx_url=down,
+        influx_api="v1",
+        keys_db=tmp_path / "keys.sqlite",
+    )
+    with api_client(create_app(settings)) as client:
         response = client.get("/health")
     assert response.status_code == 503
     assert "cannot reach InfluxDB at " + down in response.json()["detail"]

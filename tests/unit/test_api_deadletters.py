@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from gateway.deadletters import DeadLetter
 from gateway.stores import Batch, SqliteStore
 from services.api import ApiSettings, create_app
+from tests.helpers.api import api_client
 from tests.helpers.store_builders import write_factory
 
 TOPIC = "karkhana/v1/edge/edge-1/samples"
@@ -52,7 +53,7 @@ def db(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def client(factory: Path, db: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(ApiSettings(factory=factory, db=db))) as c:
+    with api_client(create_app(ApiSettings(factory=factory, db=db)), "integrator") as c:
         yield c
 
 

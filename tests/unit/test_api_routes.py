@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 
 from karkhana.errors import ConfigError
 from services.api import ApiSettings, create_app
+from tests.helpers.api import api_client
 from tests.helpers.store_builders import Row, write_factory, write_samples
 
 M1 = "plant/assembly/line-1/m1"
@@ -40,7 +41,7 @@ def factory(tmp_path: Path) -> Path:
 
 def _client(factory: Path, db: Path, max_window_days: float = 93) -> TestClient:
     settings = ApiSettings(factory=factory, db=db, max_window_days=max_window_days)
-    return TestClient(create_app(settings))
+    return api_client(create_app(settings), "viewer")
 
 
 @pytest.fixture
@@ -162,6 +163,9 @@ def test_oee_per_machine(client: TestClient) -> None:
         "good": 900.0,
         "covered_s": pytest.approx(m2["components"]["covered_s"]),  # type: ignore[index]
         "window_s": 28800.0,
+        "external_s": {"power_outage": 0.0},
+        "maintenance_s": 0.0,
+        "startup_rejects": 0,
     }
     assert (m2["availability"], m2["performance"], m2["quality"]) == (0.5, 0.5, 0.5)
     assert m2["oee"] == 0.125
@@ -280,7 +284,7 @@ def test_window_limit_comes_from_settings(factory: Path, db: Path) -> None:
 
 def test_bad_group_by_is_422(client: TestClient) -> None:
     detail = _error(
-        client, 422, asset=M1, group_by="area", **{"from": SHIFT_START, "to": SHIFT_END}
+        client, 422, asset=M1, group_by="plant", **{"from": SHIFT_START, "to": SHIFT_END}
     )
     assert "group_by" in detail and "machine" in detail and "line" in detail
 
@@ -310,5 +314,5 @@ def test_bad_factory_fails_startup_with_config_error(tmp_path: Path) -> None:
     bad = tmp_path / "factory.yaml"
     bad.write_text("version: 1\nsites: []\n", encoding="utf-8")
     app = create_app(ApiSettings(factory=bad, db=tmp_path / "db.sqlite"))
-    with pytest.raises(ConfigError, match="sites"), TestClient(app):
+    with pytest.raises(ConfigError, match="sites"), api_client(app):
         pass

@@ -12,12 +12,12 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from fastapi.testclient import TestClient
 
 from karkhana.config.factory import load_factory
 from services.api import ApiSettings, create_app
 from services.kpi import compute_machine, compute_ratios
 from services.store import open_reader
+from tests.helpers.api import api_client
 from tests.helpers.store_builders import Row, write_factory, write_samples
 
 TZ = ZoneInfo("Asia/Karachi")
@@ -120,7 +120,7 @@ def test_engine_reproduces_vorne(plant: tuple[Path, Path]) -> None:
 
 def test_api_reproduces_vorne(plant: tuple[Path, Path]) -> None:
     factory_path, db = plant
-    with TestClient(create_app(ApiSettings(factory=factory_path, db=db))) as client:
+    with api_client(create_app(ApiSettings(factory=factory_path, db=db)), "viewer") as client:
         response = client.get(
             "/api/v1/kpi/oee",
             params={

@@ -16,6 +16,7 @@ router = APIRouter(tags=["deadletters"])
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
+MAX_ID = 2**63 - 1  # SQLite's largest integer: a larger cursor is a 422, not a crash
 
 
 class DeadLetterOut(BaseModel):
@@ -76,7 +77,9 @@ def dead_letters(
     ] = DEFAULT_LIMIT,
     before: Annotated[
         int | None,
-        Query(ge=1, description="only dead letters with a smaller id (from 'next_before')"),
+        Query(
+            ge=1, le=MAX_ID, description="only dead letters with a smaller id (from 'next_before')"
+        ),
     ] = None,
 ) -> DeadLetterPage:
     """Messages the gateway rejected, newest first, ``limit`` per page."""

@@ -1,7 +1,9 @@
-"""``GET /api/v1/kpi/oee``: OEE per machine or line, from summed components."""
+"""``GET /api/v1/kpi/oee``: OEE per machine, line, area or site, from summed components;
+optionally per hour, shift, day or week, from the 15-minute bucket table."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated
 
@@ -9,12 +11,18 @@ from fastapi import APIRouter, Query
 
 from karkhana.config.factory import MachineRef
 from karkhana.models import iso_utc, utc_now
+from karkhana.storage.influx_schema import InfluxHttp
 from services.api.deps import FactoryDep, ReaderDep, SettingsDep
 from services.api.errors import not_found, unprocessable
-from services.api.params import check_window, parse_instant
-from services.api.schemas import ComponentsOut, GroupBy, OeeItem
-from services.catalog import Level, MalformedAssetPath, UnknownAsset, select
-from services.kpi import OeeComponents, compute_machine, compute_ratios, sum_components
+from services.api.params import check_window, default_bucket_end, parse_instant
+from services.api.schemas import BucketBy, ComponentsOut, GroupBy, LossesOut, OeeItem
+from services.api.settings import ApiSettings
+from services.catalog import LEVELS, Level, MalformedAssetPath, UnknownAsset, select
+from services.kpi import OeeComponents, compute_machine, compute_ratios
+from services.kpi.buckets import BucketResult, OffGrid, PeriodKind
+from services.kpi.source import SampleSource
+from services.kpi_store import KpiStore, SampleCounter, kpi_lines, kpi_path
+from services.rollup import period_report, roll_up
 
 router = APIRouter(prefix="/kpi", tags=["kpi"])
 
@@ -24,9 +32,10 @@ def _item(
     level: GroupBy,
     start: datetime,
     end: datetime,
-    parts: list[OeeComponents],
+    c: OeeComponents,
+    machines: int,
+    period: str | None = None,
 ) -> OeeItem:
-    c = sum_components(parts)
     r = compute_ratios(c)
     return OeeItem(
         asset=asset,
@@ -38,21 +47,14 @@ def _item(
         quality=r.quality,
         oee=r.oee,
         coverage=r.coverage if r.coverage is not None else 0.0,
-        components=ComponentsOut(
-            planned_s=c.planned_s,
-            run_s=c.run_s,
-            short_stop_s=c.short_stop_s,
-            down_s=dict(c.down_s),
-            no_data_s=c.no_data_s,
-            planned_stop_s=c.planned_stop_s,
-            ideal_s=c.ideal_s,
-            total=_count(c.total),
-            good=_count(c.good),
-            covered_s=c.covered_s,
-            window_s=c.window_s,
-        ),
+        components=ComponentsOut.from_components(c),
+        losses=LossesOut.from_components(c),
+        oee_excluding_external=r.oee_excluding_external,
+        teep=r.teep,
+        utilization=r.utilization,
         flags=sorted(r.flags),
-        machines=len(parts),
+        machines=machines,
+        period=period,
     )
 
 
@@ -66,16 +68,30 @@ def oee(
     ],
     from_: Annotated[str, Query(alias="from", description="window start, ISO 8601 with timezone")],
     to: Annotated[
-        str | None, Query(description="window end (exclusive), ISO 8601; default now")
+        str | None,
+        Query(
+            description="window end (exclusive), ISO 8601; default now (with 'bucket': the "
+            "start of the current 15-minute bucket)"
+        ),
     ] = None,
-    group_by: Annotated[GroupBy, Query(description="one item per machine or per line")] = (
-        GroupBy.MACHINE
-    ),
+    group_by: Annotated[
+        GroupBy, Query(description="one item per machine, line, area or site")
+    ] = GroupBy.MACHINE,
+    bucket: Annotated[
+        BucketBy | None,
+        Query(
+            description="one item per group and local hour, shift, day or ISO week; 'from' "
+            "and 'to' must then be on the 15-minute grid"
+        ),
+    ] = None,
 ) -> list[OeeItem]:
-    """OEE and its components for every machine (or line) under ``asset`` over
-    ``[from, to)``. A line's figures come from the sums of its machines' components."""
+    """OEE and its components for every machine (or line, area, site) under ``asset`` over
+    ``[from, to)``. A group's figures come from the sums of its machines' components."""
     start = parse_instant("from", from_)
-    end = parse_instant("to", to) if to is not None else utc_now()
+    if to is not None:
+        end = parse_instant("to", to)
+    else:
+        end = default_bucket_end() if bucket is not None else utc_now()
     check_window(start, end, settings.max_window_days)
     try:
         selection = select(factory, asset)
@@ -83,24 +99,74 @@ def oee(
         raise unprocessable(str(exc)) from exc
     except UnknownAsset as exc:
         raise not_found(str(exc)) from exc
-    if group_by is GroupBy.LINE and selection.level is Level.MACHINE:
+    level = Level(group_by.value)
+    if LEVELS.index(level) < LEVELS.index(selection.level):
         raise unprocessable(
-            f"group_by=line needs a site, area or line asset; {asset!r} is a machine"
+            f"group_by={group_by.value} needs an asset at {level.value} level or above; "
+            f"{asset!r} is a {selection.level.value}"
         )
-
-    def components(ref: MachineRef) -> OeeComponents:
-        return compute_machine(reader, ref, start, end, settings.max_gap_s)
-
-    if group_by is GroupBy.MACHINE:
-        return [
-            _item(ref.path, GroupBy.MACHINE, start, end, [components(ref)])
-            for ref in selection.machines
-        ]
+    if bucket is not None:
+        return _bucketed(settings, reader, selection.machines, start, end, bucket, group_by)
+    parts = [
+        (ref, compute_machine(reader, ref, start, end, settings.max_gap_s))
+        for ref in selection.machines
+    ]
     return [
-        _item(line, GroupBy.LINE, start, end, [components(ref) for ref in refs])
-        for line, refs in selection.lines().items()
+        _item(g.asset, group_by, start, end, g.components, g.machines)
+        for g in roll_up(parts, level)
     ]
 
 
-def _count(value: float) -> int | float:
-    return int(value) if float(value).is_integer() else value
+def _bucketed(
+    settings: ApiSettings,
+    reader: SampleSource,
+    refs: list[MachineRef],
+    start: datetime,
+    end: datetime,
+    bucket: BucketBy,
+    group_by: GroupBy,
+) -> list[OeeItem]:
+    # The bucket table is kept beside a SQLite store. With InfluxDB there is no cheap way to
+    # count samples per bucket here yet: buckets are computed afresh for each request and
+    # written to the measurement ``kpi`` for Grafana.
+    influx = InfluxHttp(settings.influx_target()) if settings.store == "influxdb" else None
+    store = KpiStore.open(":memory:" if influx else kpi_path(settings.db))
+    counter = SampleCounter(None if influx else settings.db)
+
+    def to_influx(ref: MachineRef, results: Sequence[BucketResult]) -> None:
+        if influx is not None and results:
+            influx.write_v1("\n".join(kpi_lines(ref, results)).encode())
+
+    try:
+        report, _ = period_report(
+            store,
+            counter,
+            reader,
+            refs,
+            start,
+            end,
+            PeriodKind(bucket.value),
+            Level(group_by.value),
+            settings.max_gap_s,
+            to_influx,
+        )
+    except OffGrid as exc:
+        raise unprocessable(str(exc)) from exc
+    finally:
+        counter.close()
+        store.close()
+        if influx is not None:
+            influx.close()
+    report.sort(key=lambda pg: (pg.group.asset, pg.period.start))
+    return [
+        _item(
+            pg.group.asset,
+            group_by,
+            pg.period.start,
+            pg.period.end,
+            pg.group.components,
+            pg.group.machines,
+            pg.period.label,
+        )
+        for pg in report
+    ]

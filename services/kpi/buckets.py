@@ -1,0 +1,414 @@
+"""Per-machine OEE components on a fixed grid of 15-minute buckets, and the periods
+(hour, shift, day, week) that are unions of buckets.
+
+The grid is UTC instants that are whole multiples of 15 minutes. Every IANA zone in use today
+has an offset that is a multiple of 15 minutes, so the grid is the site's local quarter
+hours too, and local hours, days and ISO weeks are unions of buckets. Shifts are unions of
+buckets when every shift starts and ends on the grid (``check_grid``); breaks, holidays and
+maintenance windows may fall anywhere, as planned time inside a bucket is exact.
+
+``machine_buckets`` reads a machine's data for a range of buckets once
+(``load_machine_data``), slices it into what each bucket needs and runs
+``machine_components`` per bucket, so a bucket's components equal a direct computation over
+the bucket's window. Should ``MachineData`` gain a field this module does not slice, it
+falls back to letting the engine read each bucket from an in-memory copy of the samples.
+Each bucket also reports the span of raw data its value rests on (``dep_first_ns`` ..
+``dep_last_ns``), which the bucket store uses to detect late data, and whether a stop event
+was still open at the end of the data (``open``: its value can change as data arrives, so
+it is never trusted from the store).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+
+from karkhana.calendar import shift_instances
+from karkhana.config.factory import MachineRef, Site
+from karkhana.models import Quality, from_ns, to_ns
+from services.kpi.components import OeeComponents
+from services.kpi.engine import MachineData, MachineSpec, load_machine_data, machine_components
+from services.kpi.planned import PlannedTime, planned_ns
+from services.kpi.source import Point, SampleSource
+from services.kpi.timeline import STOP_STATES, canonical_state
+
+BUCKET_S = 900
+BUCKET_NS = BUCKET_S * 1_000_000_000
+
+
+class OffGrid(ValueError):
+    """A window or calendar boundary that does not fall on the 15-minute bucket grid."""
+
+
+def floor_bucket(ts_ns: int) -> int:
+    return ts_ns - ts_ns % BUCKET_NS
+
+
+def ceil_bucket(ts_ns: int) -> int:
+    return -floor_bucket(-ts_ns)
+
+
+def on_grid(instant: datetime) -> bool:
+    return to_ns(instant) % BUCKET_NS == 0
+
+
+def check_window(start: datetime, end: datetime) -> None:
+    """Raise ``OffGrid`` unless ``start`` and ``end`` are bucket boundaries."""
+    for name, instant in (("from", start), ("to", end)):
+        if not on_grid(instant):
+            raise OffGrid(
+                f"'{name}' {instant.isoformat()} is not on the {BUCKET_S // 60}-minute bucket "
+                "grid (use a quarter hour such as 06:00, 06:15, 06:30, 06:45)"
+            )
+
+
+def check_grid(site: Site, start: datetime, end: datetime) -> None:
+    """Raise ``OffGrid`` when a shift of ``site`` overlapping ``[start, end)`` starts or ends
+    off the bucket grid (then it is not a union of buckets)."""
+    for inst in shift_instances(site, start, end):
+        for instant in (inst.start, inst.end):
+            if not on_grid(instant):
+                local = instant.astimezone(site.tz)
+                raise OffGrid(
+                    f"site {site.id!r}: shift {inst.name!r} has a boundary at "
+                    f"{local:%Y-%m-%d %H:%M} local time, which is not on the "
+                    f"{BUCKET_S // 60}-minute bucket grid; start and end shifts on quarter "
+                    "hours to report by shift"
+                )
+
+
+# --- periods ------------------------------------------------------------------------------
+
+
+class PeriodKind(StrEnum):
+    HOUR = "hour"
+    SHIFT = "shift"
+    DAY = "day"
+    WEEK = "week"
+
+
+@dataclass(frozen=True, slots=True)
+class Period:
+    """A reporting period, clipped to the query window; ``label`` names it in local terms."""
+
+    label: str
+    start: datetime
+    end: datetime
+
+
+def _local_steps(site: Site, start: datetime, end: datetime, kind: PeriodKind) -> list[Period]:
+    tz = site.tz
+    local = start.astimezone(tz)
+    if kind is PeriodKind.HOUR:
+        cursor = local.replace(minute=0, second=0, microsecond=0)
+    else:
+        cursor = local.replace(hour=0, minute=0, second=0, microsecond=0)
+        if kind is PeriodKind.WEEK:
+            cursor -= timedelta(days=cursor.weekday())
+    out: list[Period] = []
+    while cursor.astimezone(UTC) < end:
+        if kind is PeriodKind.HOUR:
+            # Step in UTC so a repeated local hour (DST end) is two periods, not one.
+            nxt = (cursor.astimezone(UTC) + timedelta(hours=1)).astimezone(tz)
+            label = f"{cursor:%Y-%m-%dT%H:%M%z}"
+        elif kind is PeriodKind.DAY:
+            nxt = datetime.combine(cursor.date() + timedelta(days=1), cursor.time(), tzinfo=tz)
+            label = f"{cursor:%Y-%m-%d}"
+        else:
+            nxt = datetime.combine(cursor.date() + timedelta(days=7), cursor.time(), tzinfo=tz)
+            year, week, _ = cursor.isocalendar()
+            label = f"{year}-W{week:02d}"
+        a, b = max(cursor.astimezone(UTC), start), min(nxt.astimezone(UTC), end)
+        if a < b:
+            out.append(Period(label, a, b))
+        cursor = nxt
+    return out
+
+
+def periods(site: Site, start: datetime, end: datetime, kind: PeriodKind) -> list[Period]:
+    """The ``kind`` periods of ``site`` overlapping ``[start, end)``, clipped to it, in time
+    order. Hours, days and weeks (ISO, Monday first) are local; shifts are the calendar's
+    shift instances, labelled ``<local start date>/<shift name>``. Time outside every shift
+    belongs to no shift period (it holds no planned time)."""
+    if kind is not PeriodKind.SHIFT:
+        return _local_steps(site, start, end, kind)
+    out: list[Period] = []
+    for inst in shift_instances(site, start, end):
+        a, b = max(inst.start, start), min(inst.end, end)
+        if a < b:
+            out.append(Period(f"{inst.day.isoformat()}/{inst.name}", a, b))
+    return out
+
+
+# --- bucket computation ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BucketResult:
+    """One machine's components over ``[start_ns, start_ns + BUCKET_NS)``.
+
+    ``dep_first_ns`` / ``dep_last_ns``: the earliest and latest raw sample time the value
+    rests on: the bucket itself and whatever the engine read for it (state samples bounding
+    the stop events in progress at either edge, counter baselines, the sample covering the
+    bucket start). ``open``: a stop event was still in progress at the
+    end of the data, so the value can change as data arrives.
+    """
+
+    start_ns: int
+    components: OeeComponents
+    dep_first_ns: int
+    dep_last_ns: int
+    open: bool
+
+
+class _Recorder:
+    """The span of sample times handed out, and whether a forward read hit the data's end."""
+
+    def __init__(self) -> None:
+        self.first: int | None = None
+        self.last: int | None = None
+        self.exhausted = False
+
+    def see(self, ts_ns: int) -> None:
+        if self.first is None or ts_ns < self.first:
+            self.first = ts_ns
+        if self.last is None or ts_ns > self.last:
+            self.last = ts_ns
+
+
+class _Series:
+    def __init__(self, points: Sequence[Point]) -> None:
+        self.points = points
+        self.ts = [p.ts_ns for p in points]
+
+
+class PreloadedSource:
+    """A ``SampleSource`` over one machine's samples of ``[lo_ns, hi_ns)`` held in memory,
+    falling back to ``source`` for reads that reach outside; it records what each bucket
+    reads (``recorder``)."""
+
+    def __init__(
+        self, source: SampleSource, asset: str, signals: Iterable[str], lo_ns: int, hi_ns: int
+    ) -> None:
+        self._source = source
+        self._asset = asset
+        self.lo_ns, self.hi_ns = lo_ns, hi_ns
+        self._series = {sig: _Series(source.points(asset, sig, lo_ns, hi_ns)) for sig in signals}
+        times = list(source.sample_times(asset, lo_ns, hi_ns))
+        self._before_lo = times[0] if times and times[0] < lo_ns else None
+        self._times = times[1:] if self._before_lo is not None else times
+        self.recorder = _Recorder()
+
+    def _own(self, asset: str, signal: str) -> _Series | None:
+        return self._series.get(signal) if asset == self._asset else None
+
+    def points(self, asset: str, signal: str, start_ns: int, end_ns: int) -> Sequence[Point]:
+        series = self._own(asset, signal)
+        if series is None or start_ns < self.lo_ns or end_ns > self.hi_ns:
+            out = list(self._source.points(asset, signal, start_ns, end_ns))
+        else:
+            out = list(
+                series.points[bisect_left(series.ts, start_ns) : bisect_left(series.ts, end_ns)]
+            )
+        for p in out:
+            self.recorder.see(p.ts_ns)
+        return out
+
+    def points_before(self, asset: str, signal: str, before_ns: int) -> Iterator[Point]:
+        series = self._own(asset, signal)
+        if series is not None and self.lo_ns <= before_ns <= self.hi_ns:
+            for k in range(bisect_left(series.ts, before_ns) - 1, -1, -1):
+                self.recorder.see(series.ts[k])
+                yield series.points[k]
+            before_ns = self.lo_ns
+        for p in self._source.points_before(asset, signal, before_ns):
+            self.recorder.see(p.ts_ns)
+            yield p
+
+    def points_from(self, asset: str, signal: str, from_ns: int) -> Iterator[Point]:
+        series = self._own(asset, signal)
+        if series is not None and self.lo_ns <= from_ns <= self.hi_ns:
+            for k in range(bisect_left(series.ts, from_ns), len(series.ts)):
+                self.recorder.see(series.ts[k])
+                yield series.points[k]
+            from_ns = self.hi_ns
+        for p in self._source.points_from(asset, signal, from_ns):
+            self.recorder.see(p.ts_ns)
+            yield p
+        self.recorder.exhausted = True
+
+    def sample_times(self, asset: str, start_ns: int, end_ns: int) -> Sequence[int]:
+        if asset != self._asset or start_ns < self.lo_ns or end_ns > self.hi_ns:
+            out = list(self._source.sample_times(asset, start_ns, end_ns))
+        else:
+            i, j = bisect_left(self._times, start_ns), bisect_left(self._times, end_ns)
+            before = self._times[i - 1] if i > 0 else self._before_lo
+            out = ([before] if before is not None else []) + self._times[i:j]
+        for t in out:
+            self.recorder.see(t)
+        return out
+
+
+def machine_buckets(
+    source: SampleSource, ref: MachineRef, start_ns: int, end_ns: int, max_gap_s: float
+) -> list[BucketResult]:
+    """Components of every bucket of ``[start_ns, end_ns)`` (both on the grid), each exactly
+    what ``compute_machine`` gives for that bucket alone. The machine's data for the whole
+    range is read once (``load_machine_data``) and sliced per bucket."""
+    if start_ns % BUCKET_NS or end_ns % BUCKET_NS:
+        raise OffGrid("bucket ranges must start and end on the bucket grid")
+    if {f.name for f in fields(MachineData)} != _SLICED_FIELDS:
+        # The engine needs data this module does not know how to slice: let it read each
+        # bucket itself (slower, always right).
+        return _engine_buckets(source, ref, start_ns, end_ns, max_gap_s)
+    return _sliced_buckets(source, ref, start_ns, end_ns, max_gap_s)
+
+
+_SLICED_FIELDS = {
+    "start_ns",
+    "end_ns",
+    "planned",
+    "states",
+    "total_counts",
+    "reject_counts",
+    "sample_times",
+    "maintenance_ns",
+}
+
+
+def _engine_buckets(
+    source: SampleSource, ref: MachineRef, start_ns: int, end_ns: int, max_gap_s: float
+) -> list[BucketResult]:
+    signals = [s for s in ref.machine.signals.model_dump().values() if isinstance(s, str)]
+    memory = PreloadedSource(source, ref.path, signals, start_ns, end_ns)
+    spec = MachineSpec.from_ref(ref)
+    out: list[BucketResult] = []
+    for s in range(start_ns, end_ns, BUCKET_NS):
+        memory.recorder = rec = _Recorder()
+        data = load_machine_data(memory, ref, from_ns(s), from_ns(s + BUCKET_NS))
+        components = machine_components(data, spec, max_gap_s)
+        # Any sample inside the bucket matters, whatever the engine read.
+        first = s if rec.first is None else min(rec.first, s)
+        last = s + BUCKET_NS - 1 if rec.last is None else max(rec.last, s + BUCKET_NS - 1)
+        out.append(BucketResult(s, components, first, last, rec.exhausted))
+    return out
+
+
+def _last_good_index(points: Sequence[Point]) -> list[int]:
+    """For each index, the latest index at or before it whose sample is not bad (-1: none)."""
+    out: list[int] = []
+    last = -1
+    for i, p in enumerate(points):
+        if p.quality != Quality.BAD:
+            last = i
+        out.append(last)
+    return out
+
+
+class _Counter:
+    """A counter's samples (baseline first), sliced the way ``load_machine_data`` reads them:
+    the latest non-bad sample before the bucket, then the bucket's samples."""
+
+    def __init__(self, points: Sequence[Point]) -> None:
+        self.points = points
+        self.ts = [p.ts_ns for p in points]
+        self.last_good = _last_good_index(points)
+
+    def slice(self, s: int, e: int) -> tuple[list[Point], int | None]:
+        lo, hi = bisect_left(self.ts, s), bisect_left(self.ts, e)
+        base = self.last_good[lo - 1] if lo > 0 else -1
+        window = list(self.points[lo:hi])
+        if base < 0:
+            return window, None
+        return [self.points[base], *window], self.ts[base]
+
+
+def _sliced_buckets(
+    source: SampleSource, ref: MachineRef, start_ns: int, end_ns: int, max_gap_s: float
+) -> list[BucketResult]:
+    data = load_machine_data(source, ref, from_ns(start_ns), from_ns(end_ns))
+    spec = MachineSpec.from_ref(ref)
+    states = data.states
+    ts = [p.ts_ns for p in states]
+    stop = [canonical_state(p, spec.state_map) in STOP_STATES for p in states]
+    n = len(states)
+    # back[k]: the latest index <= k that is not a stop state (0 when none), which bounds the
+    # stop event in progress there. fwd[k]: the first index >= k not a stop state (n: none,
+    # the event is open at the end of the data).
+    back, last = [0] * n, 0
+    for k in range(n):
+        if not stop[k]:
+            last = k
+        back[k] = last
+    fwd, nxt = [n] * (n + 1), n
+    for k in range(n - 1, -1, -1):
+        if not stop[k]:
+            nxt = k
+        fwd[k] = nxt
+    reach_ns = round(ref.startup_window_s * 1e9)
+    totals, rejects = _Counter(data.total_counts), _Counter(data.reject_counts)
+    times = list(data.sample_times)
+    planned = PlannedTime(data.planned)
+    p_starts = [a for a, _ in sorted(data.planned)]
+    p_ends = [b for _, b in sorted(data.planned)]
+    shift_time = (
+        PlannedTime(planned_ns(ref.site, from_ns(start_ns), from_ns(end_ns)))
+        if data.maintenance_ns
+        else None
+    )
+    out: list[BucketResult] = []
+    for s in range(start_ns, end_ns, BUCKET_NS):
+        e = s + BUCKET_NS
+        lo, hi = bisect_left(ts, s), bisect_left(ts, e)
+        # As stop_event_bounds: back to a non-stop sample at or before s - startup window.
+        k0 = min(lo - 1, bisect_right(ts, s - reach_ns) - 1)
+        first = back[k0] if k0 >= 0 else 0
+        is_open = False
+        if hi > first and stop[hi - 1]:
+            is_open = fwd[hi] >= n
+            last_idx = min(fwd[hi], n - 1)
+        else:
+            last_idx = hi - 1
+        bucket_states = states[first : last_idx + 1]
+        total_pts, total_base = totals.slice(s, e)
+        reject_pts, reject_base = rejects.slice(s, e)
+        t_lo, t_hi = bisect_left(times, s), bisect_left(times, e)
+        bucket_times = times[max(t_lo - 1, 0) : t_hi]
+        i_lo, i_hi = bisect_right(p_ends, s), bisect_left(p_starts, e)
+        bucket_planned = [
+            (max(a, s), min(b, e))
+            for a, b in zip(p_starts[i_lo:i_hi], p_ends[i_lo:i_hi], strict=True)
+        ]
+        maintenance = shift_time.overlap(s, e) - planned.overlap(s, e) if shift_time else 0
+        sub = MachineData(
+            start_ns=s,
+            end_ns=e,
+            planned=[(a, b) for a, b in bucket_planned if a < b],
+            states=bucket_states,
+            total_counts=total_pts,
+            reject_counts=reject_pts,
+            sample_times=bucket_times,
+            maintenance_ns=maintenance,
+        )
+        deps = [s, e - 1]
+        if bucket_states:
+            deps += [bucket_states[0].ts_ns, bucket_states[-1].ts_ns]
+        deps += [t for t in (total_base, reject_base) if t is not None]
+        if bucket_times:
+            deps.append(bucket_times[0])
+        out.append(
+            BucketResult(s, machine_components(sub, spec, max_gap_s), min(deps), max(deps), is_open)
+        )
+    return out
+
+
+def bucket_range(start: datetime, end: datetime) -> tuple[int, int]:
+    """The grid-aligned nanosecond range covering ``[start, end)``."""
+    return floor_bucket(to_ns(start)), ceil_bucket(to_ns(end))
+
+
+def bucket_start(ts_ns: int) -> datetime:
+    return from_ns(floor_bucket(ts_ns))
