@@ -3,8 +3,9 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# Debian packages the test suite starts as real servers.
-TEST_APT_PACKAGES ?= mosquitto influxdb victoria-metrics
+# Debian packages the test suite starts as real servers (and poppler-utils, whose
+# pdftoppm/pdftotext check the PDF reports).
+TEST_APT_PACKAGES ?= mosquitto influxdb victoria-metrics poppler-utils
 DEMO_ARGS ?=
 
 .PHONY: demo test lint bench venv dev-venv system-packages clean

@@ -383,14 +383,19 @@ class FactorySimulator:
                 (to_us(a), to_us(b))
                 for a, b in planned_intervals(site, self.start, from_us(u), m.ref.path)
             ]
+            # The simulated mode is manual during setup (see _advance_machine).
+            has_mode = m.ref.machine.signals.mode is not None
             comp = time_components(
                 m.scenario.spans(u),
                 planned,
                 window,
                 m.ref.short_stop_threshold_s,
                 m.ref.external_causes,
+                frozenset({MachineState.SETUP}) if has_mode else None,
             )
             comp.maintenance_us = shift_us - sum(b - a for a, b in planned)
+            # Every tick publishes power and energy, far more often than max_gap_s.
+            comp.covered_us = comp.window_us
             add_rejects(
                 comp,
                 m.scenario.segments_between(*window),

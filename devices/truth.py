@@ -49,6 +49,11 @@ class KpiComponents:
     startup_reject: int = 0
     startup_reject_s: float = 0.0  # startup rejects x ideal cycle
     production_reject_s: float = 0.0  # other rejects x ideal cycle
+    failures: int = 0  # entries into fault in long stops, starting in planned time
+    mode_run_us: int = 0  # run time with a known mode (machines that report one)
+    auto_run_us: int = 0  # the part of it in auto
+    manual_interventions: int = 0  # changes of the mode from auto to manual
+    covered_us: int = 0  # data completeness: the simulator publishes throughout the window
     # Where running resumed after a long stop event (not additive; one machine only).
     startups_us: list[int] = field(default_factory=list)
 
@@ -80,6 +85,11 @@ class KpiComponents:
             startup_reject=self.startup_reject + other.startup_reject,
             startup_reject_s=self.startup_reject_s + other.startup_reject_s,
             production_reject_s=self.production_reject_s + other.production_reject_s,
+            failures=self.failures + other.failures,
+            mode_run_us=self.mode_run_us + other.mode_run_us,
+            auto_run_us=self.auto_run_us + other.auto_run_us,
+            manual_interventions=self.manual_interventions + other.manual_interventions,
+            covered_us=self.covered_us + other.covered_us,
         )
 
     def _losses(self) -> dict[str, Any]:
@@ -109,6 +119,27 @@ class KpiComponents:
         }
         out["external_points"] = {k: _ratio(v * 100, planned_s) for k, v in external.items()}
         return out
+
+    def _kpis(self, oee: float | None, utilization: float | None) -> dict[str, Any]:
+        """The "more KPIs" of docs/kpi.md, from these sums."""
+        run_s = self.run_us / US
+        mode_run_s = self.mode_run_us / US
+        return {
+            "teep": None if oee is None or utilization is None else oee * utilization,
+            "utilization": utilization,
+            "failures": self.failures,
+            "mtbf_s": _ratio(run_s, self.failures),
+            "mttr_s": _ratio(self.down_us[MachineState.FAULT] / US, self.failures),
+            "first_pass_yield": _ratio(self.good, self.total),
+            "scrap_ratio": _ratio(self.reject, self.total),
+            "throughput_per_h": _ratio(self.total * 3600.0, run_s),
+            "energy_kwh": self.energy_kwh,
+            "energy_per_good_kwh": _ratio(self.energy_kwh, self.good),
+            "automation_rate": _ratio(self.auto_run_us / US, mode_run_s),
+            "manual_interventions": self.manual_interventions,
+            "manual_interventions_per_h": _ratio(self.manual_interventions * 3600.0, mode_run_s),
+            "data_completeness": _ratio(self.covered_us, self.window_us),
+        }
 
     def to_json(self) -> dict[str, Any]:
         planned_s = self.planned_us / US
@@ -156,6 +187,7 @@ class KpiComponents:
             "oee_excluding_external": oee_ex,
             "utilization": utilization,
             "teep": None if oee is None or utilization is None else oee * utilization,
+            "kpis": self._kpis(oee, utilization),
         }
 
 
@@ -177,6 +209,7 @@ def time_components(
     window: IntervalUs,
     short_stop_threshold_s: float,
     external_causes: Mapping[MachineState, str] | None = None,
+    manual_states: frozenset[MachineState] | None = None,
 ) -> KpiComponents:
     """Planned/run/short-stop/down/external time of one machine in ``window`` (docs/kpi.md).
 
@@ -184,7 +217,10 @@ def time_components(
     events are classified on their whole duration, up to the window's end at most);
     ``planned`` the calendar planned intervals (sorted, disjoint). Long-stop time in a
     state of ``external_causes`` also counts as external under its cause. The instants
-    where running follows a long stop event are recorded in ``startups_us``.
+    where running follows a long stop event are recorded in ``startups_us``. Entries into
+    ``fault`` inside long stop events that start in the window's planned time are failures.
+    ``manual_states``: for a machine that reports its mode, the states in which the mode is
+    manual (otherwise auto); None for a machine without a mode signal.
     """
     w0, w1 = window
     external = external_causes or {}
@@ -196,6 +232,8 @@ def time_components(
         external_us=dict.fromkeys(external.values(), 0),
     )
     threshold_us = short_stop_threshold_s * US
+    manual = manual_states or frozenset()
+    manual_run_us = 0
 
     # Stop events: maximal runs of consecutive stop states (contiguous in time).
     visible = [(a, min(b, w1), s) for a, b, s in spans if a < w1]
@@ -203,7 +241,9 @@ def time_components(
     while i < len(visible):
         a, b, state = visible[i]
         if state is MachineState.RUNNING:
-            out.run_us += _overlap(max(a, w0), b, planned_in, ends)
+            part = _overlap(max(a, w0), b, planned_in, ends)
+            out.run_us += part
+            manual_run_us += part if state in manual else 0
             i += 1
             continue
         if state is MachineState.PLANNED_STOP:
@@ -219,11 +259,20 @@ def time_components(
             j += 1
         event_len = visible[j][1] - a
         short = event_len < threshold_us
-        for ea, eb, es in visible[i : j + 1]:
+        for k, (ea, eb, es) in enumerate(visible[i : j + 1], start=i):
+            if (
+                not short
+                and es is MachineState.FAULT
+                and (k == i or visible[k - 1][2] is not MachineState.FAULT)
+                and w0 <= ea < w1
+                and _overlap(ea, ea + 1, planned_in, ends) > 0
+            ):
+                out.failures += 1
             part = _overlap(max(ea, w0), eb, planned_in, ends) if eb > w0 else 0
             if short:
                 out.run_us += part
                 out.short_stop_us += part
+                manual_run_us += part if es in manual else 0
             else:
                 out.down_us[es] += part
                 if es in external:
@@ -237,6 +286,17 @@ def time_components(
         ):
             out.startups_us.append(visible[j + 1][0])
         i = j + 1
+    if manual_states is not None:
+        out.mode_run_us = out.run_us
+        out.auto_run_us = out.run_us - manual_run_us
+        # The mode changes with the state; the first span has no earlier mode to leave.
+        out.manual_interventions = sum(
+            1
+            for k in range(1, len(visible))
+            if w0 <= visible[k][0] < w1
+            and visible[k][2] in manual
+            and visible[k - 1][2] not in manual
+        )
     return out
 
 
@@ -293,6 +353,7 @@ class GroundTruth:
             "seed": self.seed,
             "machines": {path: c.to_json() for path, c in self.machines.items()},
             "lines": {path: c.to_json() for path, c in self.lines.items()},
+            "sites": {path: c.to_json() for path, c in sum_by_site(self.machines).items()},
         }
 
 
@@ -302,3 +363,11 @@ def sum_by_line(machines: dict[str, KpiComponents]) -> dict[str, KpiComponents]:
         line = path.rsplit("/", 1)[0]
         lines[line] = lines[line] + comp if line in lines else comp + KpiComponents()
     return lines
+
+
+def sum_by_site(machines: dict[str, KpiComponents]) -> dict[str, KpiComponents]:
+    sites: dict[str, KpiComponents] = {}
+    for path, comp in machines.items():
+        site = path.split("/", 1)[0]
+        sites[site] = sites[site] + comp if site in sites else comp + KpiComponents()
+    return sites

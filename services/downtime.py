@@ -110,7 +110,7 @@ def _describe_all(
         return []
     span_lo = min(lo, events[0].start_ns)
     span_hi = max(hi, events[-1].end_ns)
-    planned = PlannedTime(planned_ns(ref.site, from_ns(span_lo), from_ns(span_hi)))
+    planned = PlannedTime(planned_ns(ref.site, from_ns(span_lo), from_ns(span_hi), ref.path))
     return [_describe(ref, ev, planned, lo, hi) for ev in events]
 
 

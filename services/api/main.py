@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from karkhana.config.factory import load_factory
 from karkhana.errors import StoreError
 from services.api.auth import Role, TokenBuckets, require_role, unprotected_routes
-from services.api.routes import assets, deadletters, downtime, health, keys, kpi
+from services.api.routes import assets, deadletters, downtime, health, keys, kpi, reports
 from services.api.settings import ApiSettings
 from services.influx_reader import InfluxSource
 from services.keys import KeyStore
@@ -70,6 +70,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.include_router(kpi.router, prefix="/api/v1", dependencies=role(Role.VIEWER))
     # Reading downtime needs a viewer; coding a reason (PUT) asks for an operator itself.
     app.include_router(downtime.router, prefix="/api/v1", dependencies=role(Role.VIEWER))
+    app.include_router(reports.router, prefix="/api/v1", dependencies=role(Role.MANAGER))
     app.include_router(deadletters.router, prefix="/api/v1", dependencies=role(Role.INTEGRATOR))
     app.include_router(keys.router, prefix="/api/v1", dependencies=role(Role.ADMIN))
     if open_routes := unprotected_routes(app):

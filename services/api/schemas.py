@@ -7,7 +7,7 @@ from enum import StrEnum
 from pydantic import BaseModel, Field
 
 from karkhana.models import MachineState
-from services.kpi import OeeComponents, loss_tree
+from services.kpi import OeeComponents, compute_indicators, compute_ratios, loss_tree
 
 
 class StoreHealth(BaseModel):
@@ -95,6 +95,15 @@ class ComponentsOut(BaseModel):
     startup_rejects: int | float = Field(
         default=0, description="rejects counted within startup_window_s after a long stop"
     )
+    failures: int | float = Field(
+        default=0, description="breakdowns: entries into fault in long stops, in planned time"
+    )
+    energy_kwh: float = Field(default=0.0, description="energy meter delta, kWh")
+    mode_run_s: float = Field(default=0.0, description="part of run_s with a known mode")
+    auto_run_s: float = Field(default=0.0, description="part of mode_run_s in auto mode")
+    manual_interventions: int | float = Field(
+        default=0, description="changes of the mode from auto to manual"
+    )
 
     @classmethod
     def from_components(cls, c: OeeComponents) -> ComponentsOut:
@@ -113,6 +122,11 @@ class ComponentsOut(BaseModel):
             external_s=dict(c.external_s),
             maintenance_s=c.maintenance_s,
             startup_rejects=_count(c.startup_rejects),
+            failures=_count(c.failures),
+            energy_kwh=c.energy_kwh,
+            mode_run_s=c.mode_run_s,
+            auto_run_s=c.auto_run_s,
+            manual_interventions=_count(c.manual_interventions),
         )
 
 
@@ -156,6 +170,45 @@ class LossesOut(BaseModel):
         )
 
 
+class KpisOut(BaseModel):
+    """More KPIs (docs/kpi.md), from the summed components; null where undefined."""
+
+    teep: float | None = Field(description="OEE x planned_s / window_s")
+    utilization: float | None = Field(description="planned_s / window_s")
+    failures: int | float
+    mtbf_s: float | None = Field(description="run_s / failures")
+    mttr_s: float | None = Field(description="fault time / failures")
+    first_pass_yield: float | None = Field(description="good / total")
+    scrap_ratio: float | None = Field(description="rejects / total")
+    throughput_per_h: float | None = Field(description="units per hour of run time")
+    energy_kwh: float
+    energy_per_good_kwh: float | None = Field(description="kWh per good unit")
+    automation_rate: float | None = Field(description="auto_run_s / mode_run_s")
+    manual_interventions: int | float
+    manual_interventions_per_h: float | None = Field(description="per hour of mode_run_s")
+    data_completeness: float | None = Field(description="covered_s / window_s")
+
+    @classmethod
+    def from_components(cls, c: OeeComponents) -> KpisOut:
+        r, k = compute_ratios(c), compute_indicators(c)
+        return cls(
+            teep=r.teep,
+            utilization=r.utilization,
+            failures=_count(k.failures),
+            mtbf_s=k.mtbf_s,
+            mttr_s=k.mttr_s,
+            first_pass_yield=k.first_pass_yield,
+            scrap_ratio=k.scrap_ratio,
+            throughput_per_h=k.throughput_per_h,
+            energy_kwh=k.energy_kwh,
+            energy_per_good_kwh=k.energy_per_good_kwh,
+            automation_rate=k.automation_rate,
+            manual_interventions=_count(k.manual_interventions),
+            manual_interventions_per_h=k.manual_interventions_per_h,
+            data_completeness=k.data_completeness,
+        )
+
+
 class OeeItem(BaseModel):
     asset: str
     level: GroupBy
@@ -175,6 +228,7 @@ class OeeItem(BaseModel):
     )
     teep: float | None = Field(default=None, description="OEE x planned_s / window_s")
     utilization: float | None = Field(default=None, description="planned_s / window_s")
+    kpis: KpisOut | None = None
     period: str | None = Field(
         default=None,
         description="with 'bucket': the period's local label, e.g. 2024-05-06/morning, "

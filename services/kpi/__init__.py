@@ -16,7 +16,9 @@ from services.kpi.engine import (
     load_machine_data,
     machine_components,
 )
+from services.kpi.indicators import Indicators, compute_indicators
 from services.kpi.losses import LossTree, loss_tree
+from services.kpi.modes import ModeTimes, map_mode, mode_times
 from services.kpi.planned import PlannedTime, planned_ns
 from services.kpi.ratios import PERFORMANCE_CAPPED, OeeRatios, compute_ratios
 from services.kpi.source import Point, SampleSource
@@ -42,9 +44,11 @@ __all__ = [
     "UNMAPPED_STATE",
     "CounterDelta",
     "CurrentState",
+    "Indicators",
     "LossTree",
     "MachineData",
     "MachineSpec",
+    "ModeTimes",
     "OeeComponents",
     "OeeRatios",
     "PlannedTime",
@@ -52,6 +56,7 @@ __all__ = [
     "SampleSource",
     "StateTimes",
     "canonical_state",
+    "compute_indicators",
     "compute_machine",
     "compute_ratios",
     "counter_delta",
@@ -60,6 +65,8 @@ __all__ = [
     "load_machine_data",
     "loss_tree",
     "machine_components",
+    "map_mode",
+    "mode_times",
     "planned_ns",
     "state_times",
     "stop_event_bounds",

@@ -276,6 +276,8 @@ _SLICED_FIELDS = {
     "reject_counts",
     "sample_times",
     "maintenance_ns",
+    "modes",
+    "energy_counts",
 }
 
 
@@ -326,6 +328,21 @@ class _Counter:
         return [self.points[base], *window], self.ts[base]
 
 
+class _Modes:
+    """The mode signal's samples (baseline first), sliced the way ``load_machine_data``
+    reads them: the latest sample before the bucket (any quality), then the bucket's."""
+
+    def __init__(self, points: Sequence[Point]) -> None:
+        self.points = points
+        self.ts = [p.ts_ns for p in points]
+
+    def slice(self, s: int, e: int) -> tuple[list[Point], int | None]:
+        lo, hi = bisect_left(self.ts, s), bisect_left(self.ts, e)
+        if lo == 0:
+            return list(self.points[lo:hi]), None
+        return list(self.points[lo - 1 : hi]), self.ts[lo - 1]
+
+
 def _sliced_buckets(
     source: SampleSource, ref: MachineRef, start_ns: int, end_ns: int, max_gap_s: float
 ) -> list[BucketResult]:
@@ -350,6 +367,7 @@ def _sliced_buckets(
         fwd[k] = nxt
     reach_ns = round(ref.startup_window_s * 1e9)
     totals, rejects = _Counter(data.total_counts), _Counter(data.reject_counts)
+    energy, modes = _Counter(data.energy_counts), _Modes(data.modes)
     times = list(data.sample_times)
     planned = PlannedTime(data.planned)
     p_starts = [a for a, _ in sorted(data.planned)]
@@ -375,6 +393,8 @@ def _sliced_buckets(
         bucket_states = states[first : last_idx + 1]
         total_pts, total_base = totals.slice(s, e)
         reject_pts, reject_base = rejects.slice(s, e)
+        energy_pts, energy_base = energy.slice(s, e)
+        mode_pts, mode_base = modes.slice(s, e)
         t_lo, t_hi = bisect_left(times, s), bisect_left(times, e)
         bucket_times = times[max(t_lo - 1, 0) : t_hi]
         i_lo, i_hi = bisect_right(p_ends, s), bisect_left(p_starts, e)
@@ -392,11 +412,14 @@ def _sliced_buckets(
             reject_counts=reject_pts,
             sample_times=bucket_times,
             maintenance_ns=maintenance,
+            modes=mode_pts,
+            energy_counts=energy_pts,
         )
         deps = [s, e - 1]
         if bucket_states:
             deps += [bucket_states[0].ts_ns, bucket_states[-1].ts_ns]
-        deps += [t for t in (total_base, reject_base) if t is not None]
+        bases = (total_base, reject_base, energy_base, mode_base)
+        deps += [t for t in bases if t is not None]
         if bucket_times:
             deps.append(bucket_times[0])
         out.append(

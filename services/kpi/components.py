@@ -43,8 +43,12 @@ class OeeComponents:
     ``maintenance_s`` is shift time (net of breaks) removed from planned time by maintenance
     windows. ``startup_rejects`` is the part of ``total - good`` counted within a startup
     window; ``startup_reject_s`` and ``production_reject_s`` are the startup and other rejects
-    times their machine's ideal cycle (quality loss time). ``flags`` is the union of the
-    parts' flags.
+    times their machine's ideal cycle (quality loss time). ``failures`` counts breakdowns
+    (entries into ``fault`` inside long stop events, starting in the window's planned time);
+    their repair time is ``down_s["fault"]``. ``energy_kwh`` is the energy meter's delta.
+    ``mode_run_s`` is the part of ``run_s`` with a known mode (auto or manual) and
+    ``auto_run_s`` the part of it in auto; ``manual_interventions`` counts changes of the
+    mode from auto to manual in the window. ``flags`` is the union of the parts' flags.
     """
 
     planned_s: float = 0.0
@@ -63,6 +67,11 @@ class OeeComponents:
     startup_rejects: float = 0.0
     startup_reject_s: float = 0.0
     production_reject_s: float = 0.0
+    failures: float = 0.0
+    energy_kwh: float = 0.0
+    mode_run_s: float = 0.0
+    auto_run_s: float = 0.0
+    manual_interventions: float = 0.0
     flags: frozenset[str] = frozenset()
 
     @property
@@ -93,6 +102,11 @@ class OeeComponents:
             startup_rejects=self.startup_rejects + other.startup_rejects,
             startup_reject_s=self.startup_reject_s + other.startup_reject_s,
             production_reject_s=self.production_reject_s + other.production_reject_s,
+            failures=self.failures + other.failures,
+            energy_kwh=self.energy_kwh + other.energy_kwh,
+            mode_run_s=self.mode_run_s + other.mode_run_s,
+            auto_run_s=self.auto_run_s + other.auto_run_s,
+            manual_interventions=self.manual_interventions + other.manual_interventions,
             flags=self.flags | other.flags,
         )
 
@@ -115,6 +129,11 @@ class OeeComponents:
             "startup_rejects": self.startup_rejects,
             "startup_reject_s": self.startup_reject_s,
             "production_reject_s": self.production_reject_s,
+            "failures": self.failures,
+            "energy_kwh": self.energy_kwh,
+            "mode_run_s": self.mode_run_s,
+            "auto_run_s": self.auto_run_s,
+            "manual_interventions": self.manual_interventions,
             "flags": sorted(self.flags),
         }
 

@@ -13,6 +13,7 @@ from karkhana.models import MachineState, Quality, to_ns
 from services.kpi.components import OeeComponents
 from services.kpi.counters import _numeric, counter_delta
 from services.kpi.coverage import covered_ns
+from services.kpi.modes import mode_times
 from services.kpi.planned import NsInterval, PlannedTime, planned_ns
 from services.kpi.source import Point, SampleSource
 from services.kpi.timeline import state_times, stop_event_bounds
@@ -31,6 +32,7 @@ class MachineSpec:
     short_stop_threshold_s: float
     startup_window_s: float = 0.0
     external_causes: Mapping[MachineState, str] = field(default_factory=dict)
+    mode_map: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_ref(cls, ref: MachineRef) -> MachineSpec:
@@ -40,6 +42,7 @@ class MachineSpec:
             ref.short_stop_threshold_s,
             ref.startup_window_s,
             ref.external_causes,
+            ref.machine.mode_map,
         )
 
 
@@ -53,7 +56,9 @@ class MachineData:
     (when there is one) then its samples in the window. ``sample_times``: sorted distinct
     timestamps of all the machine's signals, preceded by the last one before the window.
     ``planned``: calendar planned intervals inside the window; ``maintenance_ns``: shift time
-    those intervals leave out because of the machine's maintenance windows.
+    those intervals leave out because of the machine's maintenance windows. ``modes``: the
+    mode signal's last sample before the window (when there is one), then its samples in the
+    window. ``energy_counts``: the energy meter (kWh, cumulative), read like the counters.
     """
 
     start_ns: int
@@ -64,6 +69,8 @@ class MachineData:
     reject_counts: Sequence[Point] = ()
     sample_times: Sequence[int] = ()
     maintenance_ns: int = 0
+    modes: Sequence[Point] = ()
+    energy_counts: Sequence[Point] = ()
 
 
 def _startup_periods(
@@ -110,12 +117,16 @@ def machine_components(data: MachineData, spec: MachineSpec, max_gap_s: float) -
     )
     total = counter_delta(data.total_counts, data.start_ns)
     rejects = counter_delta(data.reject_counts, data.start_ns)
+    energy = counter_delta(data.energy_counts, data.start_ns)
+    modes = mode_times(
+        times.run_spans, data.modes, spec.mode_map, planned, data.start_ns, data.end_ns
+    )
     periods = _startup_periods(
         times.startups_ns, round(spec.startup_window_s * _NS), data.start_ns, data.end_ns
     )
     reject_times = [p.ts_ns for p in data.reject_counts]
     startup_rejects = sum(_delta_in(data.reject_counts, reject_times, a, b) for a, b in periods)
-    flags = times.flags | total.flags | rejects.flags
+    flags = times.flags | total.flags | rejects.flags | energy.flags
     if times.no_data_ns > 0:
         flags.add(NO_DATA)
     if rejects.delta > total.delta:
@@ -138,6 +149,11 @@ def machine_components(data: MachineData, spec: MachineSpec, max_gap_s: float) -
         startup_rejects=startup_rejects,
         startup_reject_s=startup_rejects * spec.ideal_cycle_s,
         production_reject_s=(rejects.delta - startup_rejects) * spec.ideal_cycle_s,
+        failures=times.failures,
+        energy_kwh=energy.delta,
+        mode_run_s=modes.known_ns / _NS,
+        auto_run_s=modes.auto_ns / _NS,
+        manual_interventions=modes.interventions,
         flags=frozenset(flags),
     )
 
@@ -148,6 +164,16 @@ def _counter_points(
     if signal is None:
         return []
     baseline = _first_good(source.points_before(asset, signal, start_ns))
+    window = list(source.points(asset, signal, start_ns, end_ns))
+    return ([baseline] if baseline is not None else []) + window
+
+
+def _mode_points(
+    source: SampleSource, asset: str, signal: str | None, start_ns: int, end_ns: int
+) -> list[Point]:
+    if signal is None:
+        return []
+    baseline = next(iter(source.points_before(asset, signal, start_ns)), None)
     window = list(source.points(asset, signal, start_ns, end_ns))
     return ([baseline] if baseline is not None else []) + window
 
@@ -188,6 +214,8 @@ def load_machine_data(
         total_counts=_counter_points(source, asset, signals.total_count, start_ns, end_ns),
         reject_counts=_counter_points(source, asset, signals.reject_count, start_ns, end_ns),
         sample_times=source.sample_times(asset, start_ns, end_ns),
+        modes=_mode_points(source, asset, signals.mode, start_ns, end_ns),
+        energy_counts=_counter_points(source, asset, signals.energy, start_ns, end_ns),
     )
 
 

@@ -48,6 +48,10 @@ class StateTimes:
     external_ns: dict[str, int] = field(default_factory=dict)
     # Instants where running resumes after a long stop event (startups), in time order.
     startups_ns: list[int] = field(default_factory=list)
+    # Spans counted as run time (running, short stops), unclipped, in time order.
+    run_spans: list[tuple[int, int]] = field(default_factory=list)
+    # Entries into fault inside long stop events, starting in the window's planned time.
+    failures: int = 0
     flags: set[str] = field(default_factory=set)
 
     @property
@@ -71,7 +75,9 @@ def state_times(
     to the sample ending any stop event in progress there. ``planned`` must lie inside the
     window. One linear pass; planned-time overlaps are O(log n) lookups. Long-stop time in a
     state of ``external_causes`` is also counted in ``external_ns`` under its cause; every
-    ``running`` sample that ends a long stop event is a startup (``startups_ns``).
+    ``running`` sample that ends a long stop event is a startup (``startups_ns``). Every
+    entry into ``fault`` inside a long stop event that starts in the window, in planned time,
+    is a failure (``failures``).
     """
     external = external_causes or {}
     out_external = dict.fromkeys(external.values(), 0)
@@ -100,6 +106,8 @@ def state_times(
             # to the end of the window (or its last sample, when that is later).
             event_ns = seg_end(j) - ts[i]
             short = event_ns < threshold_ns
+            if short:
+                out.run_spans.append((ts[i], seg_end(j)))
             for k in range(i, j + 1):
                 p = planned.overlap(ts[k], seg_end(k))
                 if short:
@@ -107,6 +115,13 @@ def state_times(
                     out.short_stop_ns += p
                 else:
                     state_k = canon[k]
+                    if (
+                        state_k is MachineState.FAULT
+                        and (k == i or canon[k - 1] is not MachineState.FAULT)
+                        and start_ns <= ts[k] < end_ns
+                        and planned.overlap(ts[k], ts[k] + 1) > 0
+                    ):
+                        out.failures += 1
                     out.down_ns[str(state_k)] += p
                     cause = external.get(state_k) if state_k is not None else None
                     if cause is not None:
@@ -118,6 +133,7 @@ def state_times(
         p = planned.overlap(ts[i], seg_end(i))
         if state is MachineState.RUNNING:
             out.run_ns += p
+            out.run_spans.append((ts[i], seg_end(i)))
         elif state is MachineState.PLANNED_STOP:
             out.planned_stop_ns += p
         else:

@@ -64,6 +64,10 @@ def test_full_shift_oee_matches_ground_truth(
             "/api/v1/kpi/oee",
             params={"asset": "lahore", "from": SHIFT_START, "to": SHIFT_END, "group_by": "line"},
         ).json()
+        site = client.get(
+            "/api/v1/kpi/oee",
+            params={"asset": "lahore", "from": SHIFT_START, "to": SHIFT_END, "group_by": "site"},
+        ).json()
 
     for expected in truth["machines"].values():
         # The scenario must exercise the platform: every machine ran, produced and stopped.
@@ -75,7 +79,13 @@ def test_full_shift_oee_matches_ground_truth(
         assert expected["startup_rejects"] > 0, path
         assert expected["losses"]["external_s"]["power_outage"] > 0, path
     assert truth["machines"]["lahore/weaving/line-1/loom-02"]["maintenance_s"] == 1800
-    problems = differences(machines, truth, "machine", slack) + differences(
-        lines, truth, "line", slack
+    # The reliability and automation KPIs are exercised: breakdowns and manual setups happen.
+    kpis = truth["sites"]["lahore"]["kpis"]
+    assert kpis["failures"] > 0 and kpis["manual_interventions"] > 0
+    assert kpis["energy_kwh"] > 0 and kpis["automation_rate"] is not None
+    problems = (
+        differences(machines, truth, "machine", slack)
+        + differences(lines, truth, "line", slack)
+        + differences(site, truth, "site", slack)
     )
     assert not problems, "\n".join(problems)

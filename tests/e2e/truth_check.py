@@ -17,6 +17,17 @@ TIME_TOLERANCE_S = 1.0
 RATIOS = ("availability", "performance", "quality", "oee", "oee_excluding_external", "teep",
           "utilization")  # fmt: skip
 # Loss-tree entries: API name -> truth key (seconds).
+# The "kpis" block: ratios (0.5 pp), times (1 s), counts (exact) and rates or energies,
+# compared relative to the truth (RELATIVE_TOLERANCE): the energy meter is read at the
+# simulator's ticks, so the last reading before the window end is up to a tick old.
+KPI_RATIOS = ("teep", "utilization", "first_pass_yield", "scrap_ratio", "automation_rate",
+              "data_completeness")  # fmt: skip
+KPI_TIMES = ("mtbf_s", "mttr_s")
+KPI_COUNTS = ("failures", "manual_interventions")
+KPI_RELATIVE = ("throughput_per_h", "energy_kwh", "energy_per_good_kwh",
+                "manual_interventions_per_h")  # fmt: skip
+RELATIVE_TOLERANCE = 0.005
+LEVELS = {"machine": "machines", "line": "lines", "site": "sites"}
 LOSSES = {
     "breakdowns": "breakdowns_s",
     "setup": "setup_s",
@@ -53,6 +64,8 @@ def _slack(
         slack[path] = total
         line = path.rsplit("/", 1)[0]
         slack[line] = slack.get(line, 0.0) + total
+        site = path.split("/", 1)[0]
+        slack[site] = slack.get(site, 0.0) + total
     return slack
 
 
@@ -68,7 +81,7 @@ def differences(
     rejects must lie between the truth minus ``startup_slack`` (the rejects the data cannot
     place on either side of a startup window's end, which the platform counts as
     production rejects) and the truth."""
-    expected_all = truth["machines" if level == "machine" else "lines"]
+    expected_all = truth[LEVELS[level]]
     got = {item["asset"]: item for item in items}
     problems: list[str] = []
     if set(got) != set(expected_all):
@@ -109,4 +122,25 @@ def differences(
             value = item[ratio]
             if value is None or abs(value - expected[ratio]) > RATIO_TOLERANCE:
                 problems.append(f"{path}: {ratio} {value} vs truth {expected[ratio]:.4f}")
+        problems += [f"{path}: {p}" for p in kpi_differences(item["kpis"], expected["kpis"])]
+    return problems
+
+
+def kpi_differences(got: dict[str, Any], want: dict[str, Any]) -> list[str]:
+    """How an item's ``kpis`` block differs from the truth's beyond the tolerances. A KPI
+    that is undefined (null) must be undefined on both sides."""
+    problems: list[str] = []
+    checks = [(k, RATIO_TOLERANCE, False) for k in KPI_RATIOS]
+    checks += [(k, TIME_TOLERANCE_S, False) for k in KPI_TIMES]
+    checks += [(k, 0.0, False) for k in KPI_COUNTS]
+    checks += [(k, RELATIVE_TOLERANCE, True) for k in KPI_RELATIVE]
+    for name, tolerance, relative in checks:
+        value, expected = got[name], want[name]
+        if value is None or expected is None:
+            if value is not expected:
+                problems.append(f"kpis.{name} {value} vs truth {expected}")
+            continue
+        allowed = tolerance * abs(expected) if relative else tolerance
+        if abs(value - expected) > allowed:
+            problems.append(f"kpis.{name} {value} vs truth {expected}")
     return problems

@@ -166,6 +166,11 @@ def test_oee_per_machine(client: TestClient) -> None:
         "external_s": {"power_outage": 0.0},
         "maintenance_s": 0.0,
         "startup_rejects": 0,
+        "failures": 1,  # the one hour in fault
+        "energy_kwh": 0.0,  # no energy meter in this factory
+        "mode_run_s": 0.0,  # no mode signal either
+        "auto_run_s": 0.0,
+        "manual_interventions": 0,
     }
     assert (m2["availability"], m2["performance"], m2["quality"]) == (0.5, 0.5, 0.5)
     assert m2["oee"] == 0.125

@@ -15,7 +15,7 @@ from karkhana.storage.influx_schema import InfluxHttp
 from services.api.deps import FactoryDep, ReaderDep, SettingsDep
 from services.api.errors import not_found, unprocessable
 from services.api.params import check_window, default_bucket_end, parse_instant
-from services.api.schemas import BucketBy, ComponentsOut, GroupBy, LossesOut, OeeItem
+from services.api.schemas import BucketBy, ComponentsOut, GroupBy, KpisOut, LossesOut, OeeItem
 from services.api.settings import ApiSettings
 from services.catalog import LEVELS, Level, MalformedAssetPath, UnknownAsset, select
 from services.kpi import OeeComponents, compute_machine, compute_ratios
@@ -52,6 +52,7 @@ def _item(
         oee_excluding_external=r.oee_excluding_external,
         teep=r.teep,
         utilization=r.utilization,
+        kpis=KpisOut.from_components(c),
         flags=sorted(r.flags),
         machines=machines,
         period=period,
