@@ -5,8 +5,10 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 
+from karkhana.config.factory import FactoryConfig
 from karkhana.models import from_ns, to_ns, utc_now
-from services.api.errors import unprocessable
+from services.api.errors import not_found, unprocessable
+from services.catalog import AssetSelection, MalformedAssetPath, UnknownAsset, select
 from services.kpi.buckets import floor_bucket
 
 # A '+' in an unencoded query string arrives as a space: "...T06:00:00 05:00".
@@ -47,3 +49,13 @@ def check_window(start: datetime, end: datetime, max_days: float) -> None:
 def default_bucket_end() -> datetime:
     """The end of a bucketed query without 'to': the start of the current bucket."""
     return from_ns(floor_bucket(to_ns(utc_now())))
+
+
+def select_asset(factory: FactoryConfig, asset: str) -> AssetSelection:
+    """The machines under ``asset``; HTTP 422 for a malformed path, 404 for an unknown one."""
+    try:
+        return select(factory, asset)
+    except MalformedAssetPath as exc:
+        raise unprocessable(str(exc)) from exc
+    except UnknownAsset as exc:
+        raise not_found(str(exc)) from exc

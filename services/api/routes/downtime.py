@@ -9,14 +9,14 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from karkhana.config.factory import FactoryConfig, ReasonCatalogue
+from karkhana.config.factory import ReasonCatalogue
 from karkhana.models import MachineState, from_ns, iso_utc, to_ns, utc_now
 from services.api.auth import OperatorDep
 from services.api.deps import FactoryDep, ReaderDep, SettingsDep
 from services.api.errors import not_found, unprocessable
-from services.api.params import check_window, parse_instant
+from services.api.params import check_window, parse_instant, select_asset
 from services.api.settings import ApiSettings
-from services.catalog import AssetSelection, MalformedAssetPath, UnknownAsset, select
+from services.catalog import AssetSelection
 from services.downtime import (
     BadEventId,
     DowntimeEvent,
@@ -95,15 +95,6 @@ class ReasonOut(BaseModel):
     category: str
 
 
-def _select(factory: FactoryConfig, asset: str) -> AssetSelection:
-    try:
-        return select(factory, asset)
-    except MalformedAssetPath as exc:
-        raise unprocessable(str(exc)) from exc
-    except UnknownAsset as exc:
-        raise not_found(str(exc)) from exc
-
-
 def _window(settings: ApiSettings, from_: str, to: str | None) -> tuple[datetime, datetime]:
     start = parse_instant("from", from_)
     end = parse_instant("to", to) if to is not None else utc_now()
@@ -168,7 +159,7 @@ def list_downtime(
     """Stop events of every machine under ``asset`` overlapping ``[from, to)``, oldest
     first, with the reason an operator coded (if any)."""
     start, end = _window(settings, from_, to)
-    selection = _select(factory, asset)
+    selection = select_asset(factory, asset)
     events = _events(reader, selection, start, end, min_s)
     codings = reasons.get_many(ev.id for ev in events)
     catalogue = factory.reasons_for(selection.machines[0].site)
@@ -189,7 +180,7 @@ def downtime_pareto(
     """Downtime seconds and event counts per reason over the events ``GET /downtime``
     returns for the same parameters, biggest first; events not coded are one bucket."""
     start, end = _window(settings, from_, to)
-    selection = _select(factory, asset)
+    selection = select_asset(factory, asset)
     events = _events(reader, selection, start, end, min_s)
     codings = reasons.get_many(ev.id for ev in events)
     catalogue = factory.reasons_for(selection.machines[0].site)

@@ -13,11 +13,11 @@ from karkhana.config.factory import MachineRef
 from karkhana.models import iso_utc, utc_now
 from karkhana.storage.influx_schema import InfluxHttp
 from services.api.deps import FactoryDep, ReaderDep, SettingsDep
-from services.api.errors import not_found, unprocessable
-from services.api.params import check_window, default_bucket_end, parse_instant
+from services.api.errors import unprocessable
+from services.api.params import check_window, default_bucket_end, parse_instant, select_asset
 from services.api.schemas import BucketBy, ComponentsOut, GroupBy, KpisOut, LossesOut, OeeItem
 from services.api.settings import ApiSettings
-from services.catalog import LEVELS, Level, MalformedAssetPath, UnknownAsset, select
+from services.catalog import LEVELS, Level
 from services.kpi import OeeComponents, compute_machine, compute_ratios
 from services.kpi.buckets import BucketResult, OffGrid, PeriodKind
 from services.kpi.source import SampleSource
@@ -94,12 +94,7 @@ def oee(
     else:
         end = default_bucket_end() if bucket is not None else utc_now()
     check_window(start, end, settings.max_window_days)
-    try:
-        selection = select(factory, asset)
-    except MalformedAssetPath as exc:
-        raise unprocessable(str(exc)) from exc
-    except UnknownAsset as exc:
-        raise not_found(str(exc)) from exc
+    selection = select_asset(factory, asset)
     level = Level(group_by.value)
     if LEVELS.index(level) < LEVELS.index(selection.level):
         raise unprocessable(

@@ -14,11 +14,11 @@ from fastapi import APIRouter, Query, Response
 
 from karkhana.models import iso_utc, to_ns
 from services.api.deps import FactoryDep, ReaderDep, SettingsDep
-from services.api.errors import not_found, unprocessable
-from services.api.params import parse_instant
+from services.api.errors import unprocessable
+from services.api.params import parse_instant, select_asset
 from services.api.schemas import BucketBy
 from services.api.settings import ApiSettings
-from services.catalog import AssetSelection, MalformedAssetPath, UnknownAsset, select
+from services.catalog import AssetSelection
 from services.downtime import machine_events, pareto
 from services.kpi import compute_machine
 from services.kpi.buckets import OffGrid, PeriodKind, periods
@@ -41,15 +41,6 @@ class ReportFormat(StrEnum):
     JSON = "json"
     CSV = "csv"
     PDF = "pdf"
-
-
-def _select(factory: FactoryDep, asset: str) -> AssetSelection:
-    try:
-        return select(factory, asset)
-    except MalformedAssetPath as exc:
-        raise unprocessable(str(exc)) from exc
-    except UnknownAsset as exc:
-        raise not_found(str(exc)) from exc
 
 
 def _window(from_: str, to: str) -> tuple[datetime, datetime]:
@@ -141,7 +132,7 @@ def oee_report(
     summary, OEE trend per ``bucket``, loss waterfall, downtime Pareto by reason and a
     per-machine table. Needs the manager role."""
     start, end = _window(from_, to)
-    selection = _select(factory, asset)
+    selection = select_asset(factory, asset)
     refs = selection.machines
     trend = _trend(settings, reader, selection, start, end, PeriodKind(bucket.value))
     machines = [
