@@ -417,6 +417,25 @@ class MachineScenario:
             lr if lr is not None else self._last_reject[i],
         )
 
+    def reject_times(self, since: int, until: int) -> list[int]:
+        """Completion times of the rejected units completed in ``[since, until)``: the
+        difference of ``counts_before(until)`` and ``counts_before(since)``, one by one."""
+        self.extend_to(until)
+        out: list[int] = []
+        i = max(0, bisect.bisect_right(self._starts, since) - 1)
+        while i < len(self.segments) and self.segments[i].start < until:
+            seg = self.segments[i]
+            i += 1
+            c = seg.cycle_us
+            if c <= 0 or not seg.rejects:
+                continue
+            k_first, k_last = seg._k_range(until)
+            k_first = max(k_first, -((seg.anchor - since) // c))  # ceil((since - anchor) / c)
+            lo = bisect.bisect_left(seg.rejects, k_first)
+            hi = bisect.bisect_right(seg.rejects, k_last)
+            out.extend(seg.anchor + k * c for k in seg.rejects[lo:hi])
+        return out
+
     def spans(self, until: int) -> list[tuple[int, int, MachineState]]:
         """The state timeline ``(start, end, state)`` from ``origin`` to ``until``."""
         self.extend_to(until)

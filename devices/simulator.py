@@ -341,10 +341,18 @@ class FactorySimulator:
             m.units = units
             updates.append(SignalUpdate("count_total", m.base_total + units, from_us(last_unit)))
         if rejects != m.rejects and last_reject is not None:
+            # One update per reject, each at its own completion time, so the data can tell
+            # startup rejects from production rejects exactly (a device that samples
+            # slower, like the Modbus PLC, still shows only the last).
+            times = sc.reject_times(prev, now)
+            if len(times) == rejects - m.rejects:
+                for n, t in enumerate(times, start=m.rejects + 1):
+                    updates.append(SignalUpdate("count_reject", m.base_reject + n, from_us(t)))
+            else:  # cannot happen while both count the same units; keep the total right
+                updates.append(
+                    SignalUpdate("count_reject", m.base_reject + rejects, from_us(last_reject))
+                )
             m.rejects = rejects
-            updates.append(
-                SignalUpdate("count_reject", m.base_reject + rejects, from_us(last_reject))
-            )
         rated = m.entry.rated_power_kw
         m.energy_kwh += energy_kwh(sc.segments_between(prev, now), rated)
         seg = sc.segment_at(now)

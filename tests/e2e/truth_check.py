@@ -40,8 +40,9 @@ LOSSES = {
 def startup_reject_slack(truth: dict[str, Any], factory: Path, db: Path) -> dict[str, float]:
     """Per machine and line: rejects whose startup-or-production class the stored data
     cannot tell. A reject counter sample carries every reject since the previous sample at
-    the time of the last one; when a startup window ends between the two, the sample's
-    rejects may lie on either side of the end (the simulator knows each reject's time)."""
+    the time of the last one; when a startup window ends between the two, all but the last
+    of the sample's rejects may lie on either side of the end. The simulator publishes each
+    reject on its own (slack 0); a polled device (Modbus) can merge several."""
     windows = {r.path: r.startup_window_s for r in load_factory(factory).machines()}
     with open_reader(db) as reader:
         return _slack(truth, reader, windows)
@@ -60,7 +61,9 @@ def _slack(
             end = to_ns(datetime.fromisoformat(text.replace("Z", "+00:00"))) + window_ns
             k = bisect.bisect_left(times, end)  # first sample at or after the window end
             if 0 < k < len(points) and times[k] > end:
-                total += float(points[k].value) - float(points[k - 1].value)
+                # The sample's last reject is at its own timestamp, after the end; only the
+                # others may lie before it.
+                total += float(points[k].value) - float(points[k - 1].value) - 1
         slack[path] = total
         line = path.rsplit("/", 1)[0]
         slack[line] = slack.get(line, 0.0) + total

@@ -172,6 +172,28 @@ def test_units_only_while_running_and_counts_match_unit_times() -> None:
             assert last_rej == max(ts for ts, rej in before if rej)
 
 
+def test_reject_times_are_the_rejects_between_two_instants() -> None:
+    factory = load_factory(EXAMPLE)
+    start = to_us(MONDAY_0600)
+    until = to_us(MONDAY_0600 + timedelta(hours=8))
+    for scenario in _scenarios(factory, MONDAY_0600).values():
+        scenario.extend_to(until)
+        rejects = [
+            ts
+            for seg in scenario.segments_between(start, until)
+            for ts, rej in seg.unit_times()
+            if rej and ts < until
+        ]
+        assert rejects, scenario.path
+        # Windows of 48 s (one tick at x480), odd lengths, and bounds on a reject itself.
+        bounds = [start + k * 48 * US for k in range(8 * 75 + 1)]
+        bounds += [start + k * 7_777_777 for k in range(3000)] + rejects[:50]
+        for a, b in zip(sorted(bounds), sorted(bounds)[1:], strict=False):
+            expected = [ts for ts in rejects if a <= ts < b]
+            assert scenario.reject_times(a, b) == expected
+            assert len(expected) == scenario.counts_before(b)[1] - scenario.counts_before(a)[1]
+
+
 def test_all_incident_kinds_appear_and_short_stops_stay_short() -> None:
     factory = load_factory(EXAMPLE)
     sim = load_simulation(factory, EXAMPLE)
