@@ -40,6 +40,10 @@ RECONNECT_MIN_S = 1
 RECONNECT_MAX_S = 30
 OUTGOING_QUEUE_MAX = 1000
 """Dead letters waiting to be published while disconnected (they are stored anyway)."""
+DEADLETTER_ROOM_WAIT_S = 10.0
+"""How long the writer waits, while connected, for room in the outgoing queue before a
+dead letter is only stored (a burst of bad messages then slows ingestion instead of
+skipping the topic)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +75,7 @@ class MqttConsumer:
         self._stopping = False
         self._generation = 0
         self._ack_lock = threading.Lock()
+        self._room = threading.Condition()  # a PUBACK freed room in the outgoing queue
         self._loop: asyncio.AbstractEventLoop | None = None
         self._subscribed = asyncio.Event()
         self.topic_filter = (
@@ -109,6 +114,7 @@ class MqttConsumer:
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
         return client
@@ -182,7 +188,7 @@ class MqttConsumer:
                 skipped,
             )
         for letter in dead_letters:
-            info = client.publish(topics.DEADLETTER, dead_letter_json(letter), qos=1)
+            info = self._publish_dead_letter(dead_letter_json(letter))
             if (
                 info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS
                 and info.rc != MQTTErrorCode.MQTT_ERR_NO_CONN
@@ -193,7 +199,33 @@ class MqttConsumer:
                     mqtt.error_string(info.rc),
                 )
 
+    def _publish_dead_letter(self, payload: bytes) -> mqtt.MQTTMessageInfo:
+        """Publish QoS 1; while connected and the outgoing queue is full, wait for PUBACKs
+        to make room (bounded by DEADLETTER_ROOM_WAIT_S)."""
+        client = self._client
+        deadline = time.monotonic() + DEADLETTER_ROOM_WAIT_S
+        while True:
+            info = client.publish(topics.DEADLETTER, payload, qos=1)
+            if info.rc != MQTTErrorCode.MQTT_ERR_QUEUE_SIZE or not client.is_connected():
+                return info
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return info
+            with self._room:  # notified on every PUBACK; re-checked at least twice a second
+                self._room.wait(min(remaining, 0.5))
+
     # -- paho callbacks (network thread) ---------------------------------------------------
+
+    def _on_publish(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Properties,
+    ) -> None:
+        with self._room:
+            self._room.notify_all()
 
     def _notify(self, subscribed: bool) -> None:
         loop = self._loop

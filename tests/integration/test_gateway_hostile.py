@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import random
 import sqlite3
 import threading
@@ -135,23 +134,9 @@ def comparable(row: tuple[str, str, int, object, int, int]) -> tuple[object, ...
     return (*row[:3], type(row[3]).__name__, repr(row[3]), *row[4:])
 
 
-def unpublished(caplog: pytest.LogCaptureFixture) -> int:
-    """Dead letters the gateway could not publish (logged; they are in the store).
-
-    The gateway bounds its outgoing MQTT queue; a burst of thousands of dead letters can
-    overflow it while the broker acknowledges slower than the gateway rejects.
-    """
-    return sum(
-        1
-        for r in caplog.records
-        if r.name == "gateway.consumer" and "not published" in r.getMessage()
-    )
-
-
 async def test_ten_thousand_random_and_hostile_messages(
-    mosquitto: Mosquitto, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    mosquitto: Mosquitto, tmp_path: Path
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="gateway.consumer")
     generator = HostileGenerator(random.Random(SEED), max_payload_bytes=MAX_PAYLOAD)
     cases = [generator.case() for _ in range(MESSAGES)]
     hostile = [c for c in cases if c.reason is not None]
@@ -181,11 +166,12 @@ async def test_ten_thousand_random_and_hostile_messages(
             await async_wait_until(
                 lambda: gateway.stats.messages == MESSAGES + 1, TIMEOUT, "the last message"
             )
-            # Each dead letter is published, or logged as not published: none goes missing.
+            # The broker was up all along: every dead letter reaches the topic too (a burst
+            # waits for room in the gateway's outgoing queue instead of skipping it).
             await async_wait_until(
-                lambda: client.received() + unpublished(caplog) == len(hostile),
+                lambda: client.received() == len(hostile),
                 TIMEOUT,
-                "every dead letter published or logged as not published",
+                "every dead letter published on karkhana/v1/deadletter",
             )
             published = [json.loads(p) for p in client.dead_letters]
         assert not task.done(), "the gateway stopped"
