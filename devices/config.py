@@ -10,7 +10,6 @@ from __future__ import annotations
 from datetime import time
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -19,6 +18,7 @@ from karkhana.config.factory import FactoryConfig, MachineRef, parse_hhmm
 from karkhana.config.loading import validation_to_config_error
 from karkhana.errors import ConfigError
 from karkhana.models import MachineState
+from karkhana.mqtt_url import parse_broker_url
 
 
 class _Strict(BaseModel):
@@ -32,20 +32,6 @@ class DailyWindow(_Strict):
     duration_min: float = Field(gt=0, le=24 * 60)
 
     _parse = field_validator("start", mode="before")(parse_hhmm)
-
-
-def parse_mqtt_url(url: str) -> tuple[str, int]:
-    """``mqtt://host[:port]`` -> (host, port); ValueError with a readable reason otherwise."""
-    parts = urlsplit(url)
-    if parts.scheme != "mqtt":
-        raise ValueError(f"broker URL must look like mqtt://host:port, got {url!r}")
-    try:
-        port = parts.port or 1883
-    except ValueError as exc:
-        raise ValueError(f"broker URL has an invalid port: {url!r}") from exc
-    if not parts.hostname:
-        raise ValueError(f"broker URL has no host: {url!r}")
-    return parts.hostname, port
 
 
 class MachineSimConfig(_Strict):
@@ -121,7 +107,7 @@ class SimulationConfig(_Strict):
     @classmethod
     def _broker_ok(cls, value: str | None) -> str | None:
         if value is not None:
-            parse_mqtt_url(value)
+            parse_broker_url(value)
         return value
 
     @model_validator(mode="after")

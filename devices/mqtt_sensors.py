@@ -10,10 +10,10 @@ from types import TracebackType
 
 import aiomqtt
 
-from devices.config import parse_mqtt_url
 from devices.updates import SignalUpdate
 from karkhana.errors import ConnectionFailed
 from karkhana.models import MachineState, iso_utc
+from karkhana.mqtt_url import parse_broker_url
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,8 @@ class MqttHub:
 
     def __init__(self, broker: str, client_id: str = "karkhana-sim") -> None:
         self.broker = broker
-        host, port = parse_mqtt_url(broker)
+        url = parse_broker_url(broker)
+        host, port = url.host, url.port
         self._client = aiomqtt.Client(host, port, identifier=client_id, keepalive=30)
         # One batch in flight at a time across all sensor sets (bounded, ordered).
         self._lock = asyncio.Lock()

@@ -8,8 +8,8 @@ import logging
 
 import aiomqtt
 
-from devices.config import parse_mqtt_url
 from karkhana.errors import ConnectionFailed
+from karkhana.mqtt_url import parse_broker_url
 from karkhana.topics import edge_status
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,8 @@ def _ready(payload: bytes | bytearray) -> bool:
 
 async def wait_for_agent(broker: str, agent_id: str) -> None:
     """Return once the agent's retained status says online with all sources connected."""
-    host, port = parse_mqtt_url(broker)
+    url = parse_broker_url(broker)
+    host, port = url.host, url.port
     topic = edge_status(agent_id)
     log.info("waiting for edge agent %r to report ready on %s", agent_id, topic)
     try:

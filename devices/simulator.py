@@ -23,7 +23,6 @@ from devices.config import (
     SimulationConfig,
     device_state_codes,
     load_simulation,
-    parse_mqtt_url,
     scenario_params,
 )
 from devices.modbus_plc import ModbusPlc
@@ -38,6 +37,7 @@ from karkhana.calendar import planned_intervals
 from karkhana.config.factory import FactoryConfig, MachineRef
 from karkhana.errors import ConfigError
 from karkhana.models import MachineState, utc_now
+from karkhana.mqtt_url import parse_broker_url
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class SimSettings(BaseSettings):
     @classmethod
     def _broker(cls, value: str | None) -> str | None:
         if value is not None:
-            parse_mqtt_url(value)
+            parse_broker_url(value)
         return value
 
 

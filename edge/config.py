@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -25,6 +24,7 @@ from edge.modbus_config import ModbusSourceConfig
 from edge.transform import MappingKeys
 from karkhana.config.loading import load_model
 from karkhana.models import ASSET_PATH_RE, SEGMENT_RE, SIGNAL_RE
+from karkhana.mqtt_url import parse_broker_url
 
 AGENT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 PLACEHOLDER_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -45,24 +45,14 @@ class _Strict(BaseModel):
 
 
 def _check_broker_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme != "mqtt":
-        raise ValueError("broker URL must look like mqtt://host:port (scheme mqtt://)")
-    if not parts.hostname:
-        raise ValueError("broker URL has no host (expected mqtt://host:port)")
-    try:
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError as exc:
-        raise ValueError(f"broker URL has an invalid port: {exc}") from exc
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ValueError("broker URL must be mqtt://host:port without a path or query")
+    parse_broker_url(url)
     return url
 
 
 def broker_host_port(url: str) -> tuple[str, int]:
     """``mqtt://host:port`` -> (host, port); the port defaults to 1883."""
-    parts = urlsplit(url)
-    return parts.hostname or "127.0.0.1", parts.port or 1883
+    parsed = parse_broker_url(url)
+    return parsed.host, parsed.port
 
 
 class UplinkConfig(_Strict):

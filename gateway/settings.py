@@ -5,18 +5,18 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.retention import DEFAULT_KEEP_RAW, RetentionPolicy
 from karkhana.config.loading import validation_to_config_error
+from karkhana.mqtt_url import BrokerUrl, parse_broker_url
 from karkhana.storage.influx_schema import InfluxSettings
 
 SETTINGS_SOURCE = "gateway settings (KARKHANA_GATEWAY_* environment / command-line options)"
 
-_BROKER_SCHEMES = {"mqtt": 1883, "mqtts": 8883}
+BROKER_SCHEMES = ("mqtt", "mqtts")
 _TOPIC_FORBIDDEN = set("/+#")
 
 
@@ -62,25 +62,7 @@ class GatewaySettings(InfluxSettings, BaseSettings):
     @field_validator("broker")
     @classmethod
     def _check_broker(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in _BROKER_SCHEMES:
-            raise ValueError(
-                f"broker URL {value!r} must start with mqtt:// or mqtts:// "
-                "(e.g. mqtt://127.0.0.1:1883)"
-            )
-        if not parts.hostname:
-            raise ValueError(f"broker URL {value!r} has no host")
-        try:
-            parts.port  # noqa: B018 - raises ValueError on a bad port
-        except ValueError as exc:
-            raise ValueError(f"broker URL {value!r} has an invalid port") from exc
-        if parts.path not in ("", "/") or parts.query or parts.fragment:
-            raise ValueError(f"broker URL {value!r} must not have a path, query or fragment")
-        if parts.username or parts.password:
-            raise ValueError(
-                "put broker credentials in username/password "
-                "(KARKHANA_GATEWAY_USERNAME, KARKHANA_GATEWAY_PASSWORD), not in the URL"
-            )
+        parse_broker_url(value, BROKER_SCHEMES)
         return value
 
     @field_validator("share_group")
@@ -120,19 +102,20 @@ class GatewaySettings(InfluxSettings, BaseSettings):
         return value.astimezone(UTC)
 
     @property
+    def broker_url(self) -> BrokerUrl:
+        return parse_broker_url(self.broker, BROKER_SCHEMES)
+
+    @property
     def broker_host(self) -> str:
-        host = urlsplit(self.broker).hostname
-        assert host is not None  # checked by the validator
-        return host
+        return self.broker_url.host
 
     @property
     def broker_port(self) -> int:
-        parts = urlsplit(self.broker)
-        return parts.port or _BROKER_SCHEMES[parts.scheme]
+        return self.broker_url.port
 
     @property
     def broker_tls(self) -> bool:
-        return urlsplit(self.broker).scheme == "mqtts"
+        return self.broker_url.tls
 
     def retention_policy(self) -> RetentionPolicy:
         return RetentionPolicy(
