@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from karkhana.config.factory import ReasonCatalogue
+from karkhana.config.factory import FactoryConfig, ReasonCatalogue
 from karkhana.models import MachineState, from_ns, iso_utc, to_ns, utc_now
 from services.api.auth import OperatorDep
 from services.api.deps import FactoryDep, ReaderDep, SettingsDep
@@ -25,6 +25,7 @@ from services.downtime import (
     pareto,
     parse_event_id,
 )
+from services.kpi.source import SampleSource
 from services.reasons_store import Coding, ReasonsStore, open_reasons
 
 router = APIRouter(prefix="/downtime", tags=["downtime"])
@@ -102,8 +103,26 @@ def _window(settings: ApiSettings, from_: str, to: str | None) -> tuple[datetime
     return start, end
 
 
+def _coded_events(
+    factory: FactoryConfig,
+    settings: ApiSettings,
+    reader: SampleSource,
+    reasons: ReasonsStore,
+    asset: str,
+    from_: str,
+    to: str | None,
+    min_s: float,
+) -> tuple[list[DowntimeEvent], dict[str, Coding], ReasonCatalogue]:
+    """The events ``GET /downtime`` lists, their codings, and the site's reason catalogue."""
+    start, end = _window(settings, from_, to)
+    selection = select_asset(factory, asset)
+    events = _events(reader, selection, start, end, min_s)
+    codings = reasons.get_many(ev.id for ev in events)
+    return events, codings, factory.reasons_for(selection.machines[0].site)
+
+
 def _events(
-    reader: ReaderDep, selection: AssetSelection, start: datetime, end: datetime, min_s: float
+    reader: SampleSource, selection: AssetSelection, start: datetime, end: datetime, min_s: float
 ) -> list[DowntimeEvent]:
     start_ns, end_ns = to_ns(start), to_ns(end)
     events = [
@@ -158,11 +177,9 @@ def list_downtime(
 ) -> list[DowntimeOut]:
     """Stop events of every machine under ``asset`` overlapping ``[from, to)``, oldest
     first, with the reason an operator coded (if any)."""
-    start, end = _window(settings, from_, to)
-    selection = select_asset(factory, asset)
-    events = _events(reader, selection, start, end, min_s)
-    codings = reasons.get_many(ev.id for ev in events)
-    catalogue = factory.reasons_for(selection.machines[0].site)
+    events, codings, catalogue = _coded_events(
+        factory, settings, reader, reasons, asset, from_, to, min_s
+    )
     return [_out(ev, codings.get(ev.id), catalogue) for ev in events]
 
 
@@ -179,11 +196,9 @@ def downtime_pareto(
 ) -> list[ParetoOut]:
     """Downtime seconds and event counts per reason over the events ``GET /downtime``
     returns for the same parameters, biggest first; events not coded are one bucket."""
-    start, end = _window(settings, from_, to)
-    selection = select_asset(factory, asset)
-    events = _events(reader, selection, start, end, min_s)
-    codings = reasons.get_many(ev.id for ev in events)
-    catalogue = factory.reasons_for(selection.machines[0].site)
+    events, codings, catalogue = _coded_events(
+        factory, settings, reader, reasons, asset, from_, to, min_s
+    )
     return [
         ParetoOut(
             reason=b.reason,

@@ -15,14 +15,15 @@ from karkhana.storage.influx_schema import InfluxHttp
 from services.api.deps import FactoryDep, ReaderDep, SettingsDep
 from services.api.errors import unprocessable
 from services.api.params import check_window, default_bucket_end, parse_instant, select_asset
+from services.api.periods import period_groups
 from services.api.schemas import BucketBy, ComponentsOut, GroupBy, KpisOut, LossesOut, OeeItem
 from services.api.settings import ApiSettings
 from services.catalog import LEVELS, Level
 from services.kpi import OeeComponents, compute_machine, compute_ratios
-from services.kpi.buckets import BucketResult, OffGrid, PeriodKind
+from services.kpi.buckets import BucketResult, PeriodKind
 from services.kpi.source import SampleSource
-from services.kpi_store import KpiStore, SampleCounter, kpi_lines, kpi_path
-from services.rollup import period_report, roll_up
+from services.kpi_store import kpi_lines
+from services.rollup import roll_up
 
 router = APIRouter(prefix="/kpi", tags=["kpi"])
 
@@ -122,35 +123,26 @@ def _bucketed(
     bucket: BucketBy,
     group_by: GroupBy,
 ) -> list[OeeItem]:
-    # The bucket table is kept beside a SQLite store. With InfluxDB there is no cheap way to
-    # count samples per bucket here yet: buckets are computed afresh for each request and
-    # written to the measurement ``kpi`` for Grafana.
+    # With InfluxDB, the buckets computed for this request are written to the measurement
+    # ``kpi`` for Grafana.
     influx = InfluxHttp(settings.influx_target()) if settings.store == "influxdb" else None
-    store = KpiStore.open(":memory:" if influx else kpi_path(settings.db))
-    counter = SampleCounter(None if influx else settings.db)
 
     def to_influx(ref: MachineRef, results: Sequence[BucketResult]) -> None:
         if influx is not None and results:
             influx.write_v1("\n".join(kpi_lines(ref, results)).encode())
 
     try:
-        report, _ = period_report(
-            store,
-            counter,
+        report = period_groups(
+            settings,
             reader,
             refs,
             start,
             end,
             PeriodKind(bucket.value),
             Level(group_by.value),
-            settings.max_gap_s,
             to_influx,
         )
-    except OffGrid as exc:
-        raise unprocessable(str(exc)) from exc
     finally:
-        counter.close()
-        store.close()
         if influx is not None:
             influx.close()
     report.sort(key=lambda pg: (pg.group.asset, pg.period.start))

@@ -16,6 +16,7 @@ from karkhana.models import iso_utc, to_ns
 from services.api.deps import FactoryDep, ReaderDep, SettingsDep
 from services.api.errors import unprocessable
 from services.api.params import parse_instant, select_asset
+from services.api.periods import period_groups
 from services.api.schemas import BucketBy
 from services.api.settings import ApiSettings
 from services.catalog import AssetSelection
@@ -23,11 +24,9 @@ from services.downtime import machine_events, pareto
 from services.kpi import compute_machine
 from services.kpi.buckets import OffGrid, PeriodKind, periods
 from services.kpi.source import SampleSource
-from services.kpi_store import KpiStore, SampleCounter, kpi_path
 from services.reasons_store import open_reasons
 from services.reports import OeeReport, build_report, render_pdf, report_csv
 from services.reports.model import TrendInput
-from services.rollup import period_report
 
 router = APIRouter(prefix="/reports", tags=["reports"])
 
@@ -73,28 +72,8 @@ def _trend(
             f"bucket={kind.value} gives {count} trend points; a report shows at most "
             f"{MAX_TREND_POINTS}: choose a longer bucket or a shorter window"
         )
-    # As in /kpi/oee: the bucket table beside a SQLite store; with InfluxDB, buckets are
-    # computed afresh in memory (the KPI route is the one that writes them back).
-    influx = settings.store == "influxdb"
-    store = KpiStore.open(":memory:" if influx else kpi_path(settings.db))
-    counter = SampleCounter(None if influx else settings.db)
-    try:
-        report, _ = period_report(
-            store,
-            counter,
-            reader,
-            selection.machines,
-            start,
-            end,
-            kind,
-            selection.level,
-            settings.max_gap_s,
-        )
-    except OffGrid as exc:
-        raise unprocessable(str(exc)) from exc
-    finally:
-        counter.close()
-        store.close()
+    # /kpi/oee is the route that writes buckets back to InfluxDB; a report only reads them.
+    report = period_groups(settings, reader, selection.machines, start, end, kind, selection.level)
     report.sort(key=lambda pg: pg.period.start)
     return [
         TrendInput(
