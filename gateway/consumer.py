@@ -46,6 +46,16 @@ dead letter is only stored (a burst of bad messages then slows ingestion instead
 skipping the topic)."""
 
 
+def connect_as_configured(client: mqtt.Client, settings: GatewaySettings) -> None:
+    """Credentials, TLS and reconnect backoff of every MQTT connection the gateway opens."""
+    if settings.username is not None:
+        password = settings.password.get_secret_value() if settings.password else None
+        client.username_pw_set(settings.username, password)
+    if settings.broker_tls:
+        client.tls_set()
+    client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
+
+
 @dataclass(frozen=True, slots=True)
 class AckToken:
     mid: int
@@ -103,13 +113,7 @@ class MqttConsumer:
                 manual_ack=True,
             )
         client.manual_ack_set(True)
-        if s.username is not None:
-            client.username_pw_set(
-                s.username, s.password.get_secret_value() if s.password else None
-            )
-        if s.broker_tls:
-            client.tls_set()
-        client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
+        connect_as_configured(client, s)
         client.max_queued_messages_set(OUTGOING_QUEUE_MAX)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail

@@ -25,6 +25,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from gateway.consumer import connect_as_configured
 from gateway.deadletters import DeadLetter
 from gateway.decode import NormalizedSample
 from gateway.settings import GatewaySettings
@@ -37,8 +38,6 @@ log = logging.getLogger(__name__)
 UNS_PREFIX = f"{topics.PREFIX}/uns"
 MAX_IN_FLIGHT = 100
 MAX_PENDING_SERIES = 100_000
-RECONNECT_MIN_S = 1
-RECONNECT_MAX_S = 30
 
 
 def uns_topic(asset: str, signal: str) -> str:
@@ -116,13 +115,7 @@ class UnsMirror:
         client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"{s.client_id}-uns"
         )
-        if s.username is not None:
-            client.username_pw_set(
-                s.username, s.password.get_secret_value() if s.password else None
-            )
-        if s.broker_tls:
-            client.tls_set()
-        client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
+        connect_as_configured(client, s)
         client.on_publish = self._on_publish
         client.on_connect = self._on_connect
         return client
