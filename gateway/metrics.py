@@ -65,7 +65,7 @@ class GatewayCollector(Collector):
         )
         yield counter(
             "envelopes_duplicate",
-            "Envelopes skipped: seq at or below the agent's committed mark",
+            "Envelopes skipped: their (agent, seq) was committed already",
             s.envelopes_duplicate,
         )
         yield counter("dead_letters", "Messages (or parts) rejected with a reason", s.dead_letters)

@@ -46,7 +46,7 @@ class GatewayStats:
     samples_duplicate: int = 0
     """Samples not written because (asset, signal, ts) was already stored."""
     envelopes_duplicate: int = 0
-    """Envelopes skipped because their seq was at or below the agent's committed mark."""
+    """Envelopes skipped because this gateway committed their (agent, seq) already."""
     dead_letters: int = 0
     batches: int = 0
     write_errors: int = 0
