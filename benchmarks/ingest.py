@@ -49,6 +49,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from karkhana.envelope import WireEnvelope, WireSample, encode_envelope
+from karkhana.storage.sqlite_chunks import decode_ts
 from karkhana.topics import EDGE_SAMPLES_FILTER, edge_samples
 
 AGENTS = 4
@@ -304,10 +305,12 @@ def read_latencies(db: str, expected_rows: int, timeout_s: float, out: Connectio
             if not last:
                 continue
             marks = ",".join("?" * len(last))
-            rows = conn.execute(
-                f"SELECT series_id, ts_ns FROM samples WHERE series_id IN ({marks}) AND ts_ns > ?",
+            chunks = conn.execute(
+                f"SELECT series_id, ts FROM sample_chunks WHERE series_id IN ({marks}) "
+                "AND ts_last > ?",
                 (*last, min(last.values())),
             ).fetchall()
+            rows = [(sid, ts) for sid, blob in chunks for ts in decode_ts(blob)]
         except sqlite3.OperationalError:
             continue  # the store is still being created
         now_ns = time.time_ns()

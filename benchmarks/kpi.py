@@ -38,7 +38,8 @@ import yaml
 from karkhana.calendar import planned_intervals, shift_instances
 from karkhana.config.factory import FactoryConfig, load_factory
 from karkhana.models import to_ns
-from karkhana.storage.sqlite_schema import connect, encode_value
+from karkhana.storage.sqlite_chunks import ChunkWriter, read_all
+from karkhana.storage.sqlite_schema import connect
 from services.catalog import Level
 from services.kpi import compute_ratios
 from services.kpi.buckets import PeriodKind
@@ -127,7 +128,7 @@ def build(workdir: Path, machines: int, days: int, seed: int) -> tuple[Path, Pat
             t += 1
             running = not running
         for ts, state in changes:
-            rows.append((ids["state"], ts * 10**9, *encode_value(state), 0))
+            rows.append((ids["state"], ts * 10**9, state))
         # Counters every 5 minutes: units made at 90 % of ideal speed while running.
         total = rejects = 0.0
         k = 0
@@ -138,17 +139,38 @@ def build(workdir: Path, machines: int, days: int, seed: int) -> tuple[Path, Pat
                 made = int(COUNTER_EVERY_S * 0.9 / IDEAL_S)
                 total += made
                 rejects += rng.randint(0, max(1, made // 40))
-            rows.append((ids["count_total"], ts * 10**9, *encode_value(int(total)), 0))
-            rows.append((ids["count_reject"], ts * 10**9, *encode_value(int(rejects)), 0))
-        conn.executemany(
-            "INSERT OR IGNORE INTO samples (series_id, ts_ns, value, vtype, quality) "
-            "VALUES (?, ?, ?, ?, ?)",
-            rows,
-        )
-        written += len(rows)
+            rows.append((ids["count_total"], ts * 10**9, int(total)))
+            rows.append((ids["count_reject"], ts * 10**9, int(rejects)))
+        written += write_rows(conn, rows)
     conn.commit()
     conn.close()
     return factory_path, db_path, written
+
+
+def write_rows(conn: sqlite3.Connection, rows: list[tuple[int, int, Any]]) -> int:
+    """(series id, ts_ns, value) rows into the store's chunks; returns the samples written."""
+    per_series: dict[int, tuple[list[int], list[Any]]] = {}
+    for sid, ts, value in rows:
+        run = per_series.setdefault(sid, ([], []))
+        run[0].append(ts)
+        run[1].append(value)
+    conn.commit()  # the series rows
+    conn.execute("BEGIN IMMEDIATE")
+    chunks = ChunkWriter(conn)
+    chunks.begin()
+    written = sum(chunks.add(sid, ts, values) for sid, (ts, values) in per_series.items())
+    chunks.flush()
+    conn.commit()
+    return written
+
+
+def read_rows(conn: sqlite3.Connection) -> list[tuple[str, str, int, Any]]:
+    """Every stored sample as (asset, signal, ts_ns, value)."""
+    out: list[tuple[str, str, int, Any]] = []
+    for sid, asset, signal in conn.execute("SELECT id, asset, signal FROM series").fetchall():
+        run = read_all(conn, sid)
+        out += [(asset, signal, t, v) for t, v in zip(run.ts, run.values, strict=True)]
+    return out
 
 
 Figures = dict[tuple[str, str], float | None]
@@ -185,11 +207,7 @@ def with_pandas(factory: FactoryConfig, db: Path, start: datetime, end: datetime
     site = refs[0].site
     start_ns, end_ns = to_ns(start), to_ns(end)
     conn = sqlite3.connect(db)
-    samples = pd.read_sql_query(
-        "SELECT s.asset, s.signal, x.ts_ns, x.value FROM samples x "
-        "JOIN series s ON s.id = x.series_id",
-        conn,
-    )
+    samples = pd.DataFrame(read_rows(conn), columns=["asset", "signal", "ts_ns", "value"])
     conn.close()
     shifts = pd.DataFrame(
         [

@@ -17,12 +17,14 @@ import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from karkhana.config.factory import load_factory
 from karkhana.models import to_ns
-from karkhana.storage.sqlite_schema import connect, encode_value
+from karkhana.storage.sqlite_chunks import ChunkWriter, read_range
+from karkhana.storage.sqlite_schema import connect
 from services.kpi import compute_machine
 from services.store import SqliteReader
 
@@ -78,29 +80,37 @@ def build(workdir: Path, machines: int, seed: int) -> tuple[Path, Path, int]:
                 "INSERT INTO series (asset, signal) VALUES (?, ?) RETURNING id", (asset, signal)
             )
             series[signal] = cur.fetchone()[0]
-        rows = []
+        rows: list[tuple[int, int, Any]] = []
         total, rejects, running = 0, 0, True
         next_change = rng.uniform(60, 900)
-        rows.append((series["state"], to_ns(SHIFT_START), *encode_value("running"), 0))
+        rows.append((series["state"], to_ns(SHIFT_START), "running"))
         for second in range(SHIFT_S):
             ts = SHIFT_START + timedelta(seconds=second)
             if second >= next_change:
                 running = not running
                 state = "running" if running else rng.choice(["idle", "fault", "setup"])
-                rows.append((series["state"], to_ns(ts), *encode_value(state), 0))
+                rows.append((series["state"], to_ns(ts), state))
                 next_change = second + (rng.uniform(60, 900) if running else rng.uniform(20, 600))
             if running:
                 total += 1
                 rejects += rng.random() < 0.02
-                rows.append((series["count_total"], to_ns(ts), *encode_value(total), 0))
-                rows.append((series["count_reject"], to_ns(ts), *encode_value(rejects), 0))
-            rows.append((series["temperature"], to_ns(ts), *encode_value(40 + rng.random()), 0))
-            rows.append((series["power"], to_ns(ts), *encode_value(5.0 if running else 0.2), 0))
-        conn.executemany(
-            "INSERT OR IGNORE INTO samples (series_id, ts_ns, value, vtype, quality) "
-            "VALUES (?, ?, ?, ?, ?)",
-            rows,
-        )
+                rows.append((series["count_total"], to_ns(ts), total))
+                rows.append((series["count_reject"], to_ns(ts), rejects))
+            rows.append((series["temperature"], to_ns(ts), 40 + rng.random()))
+            rows.append((series["power"], to_ns(ts), 5.0 if running else 0.2))
+        conn.commit()  # the series rows
+        conn.execute("BEGIN IMMEDIATE")
+        chunks = ChunkWriter(conn)
+        chunks.begin()
+        per_series: dict[int, tuple[list[int], list[Any]]] = {}
+        for sid, ts_ns, value in rows:
+            run = per_series.setdefault(sid, ([], []))
+            run[0].append(ts_ns)
+            run[1].append(value)
+        for sid, (ts_list, values) in per_series.items():
+            chunks.add(sid, ts_list, values)
+        chunks.flush()
+        conn.commit()
         rows_per_machine += len(rows)
     conn.commit()
     conn.close()
@@ -120,6 +130,7 @@ def main() -> None:
         factory_path, db_path, _ = build(Path(tmp), machines, seed=1)
         factory = load_factory(factory_path)
         reader = SqliteReader.open(db_path)
+        raw = connect(db_path, readonly=True)
         end = SHIFT_START + timedelta(seconds=SHIFT_S)
         kpi_ms: list[float] = []
         read_ms: list[float] = []
@@ -130,16 +141,14 @@ def main() -> None:
                 compute_machine(reader, ref, SHIFT_START, end, 300.0)
                 kpi_ms.append((time.perf_counter() - t0) * 1000)
                 t0 = time.perf_counter()
-                ids = reader.asset_series(ref.path)
-                marks = ",".join("?" * len(ids))
-                fetched = reader._query(  # raw baseline: every sample of the machine
-                    f"SELECT series_id, ts_ns, value FROM samples WHERE series_id IN ({marks}) "
-                    "AND ts_ns >= ? AND ts_ns < ?",
-                    (*ids, to_ns(SHIFT_START), to_ns(end)),
-                )
-                fetched_rows.append(len(fetched))
+                fetched = 0  # raw baseline: every sample of the machine, decoded
+                for sid in reader.asset_series(ref.path):
+                    run = read_range(raw, sid, to_ns(SHIFT_START), to_ns(end))
+                    fetched += len(run.values)
+                fetched_rows.append(fetched)
                 read_ms.append((time.perf_counter() - t0) * 1000)
         reader.close()
+        raw.close()
     result = {
         "machines": machines,
         "samples_per_machine_shift": int(statistics.median(fetched_rows)),

@@ -27,10 +27,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from gateway.deadletters import DeadLetter, dead_letter_json
-from gateway.decode import EnvelopeDecoder
+from gateway.deadletters import dead_letter_json
 from gateway.settings import GatewaySettings
 from gateway.stats import GatewayStats
+from gateway.stores.base import Batch
 from gateway.writer import Inbound
 from karkhana import topics
 
@@ -74,12 +74,10 @@ class MqttConsumer:
     def __init__(
         self,
         settings: GatewaySettings,
-        decoder: EnvelopeDecoder,
         inbox: queue.Queue[object],
         stats: GatewayStats | None = None,
     ) -> None:
         self._settings = settings
-        self._decoder = decoder
         self._inbox = inbox
         self._stats = stats if stats is not None else GatewayStats()
         self._stopping = False
@@ -172,7 +170,7 @@ class MqttConsumer:
 
     # -- called by the writer thread -------------------------------------------------------
 
-    def acknowledge(self, items: list[Inbound], dead_letters: list[DeadLetter]) -> None:
+    def acknowledge(self, items: list[Inbound], batch: Batch) -> None:
         client = self._client
         skipped = 0
         with self._ack_lock:
@@ -191,7 +189,7 @@ class MqttConsumer:
                 "redelivers them and de-duplication skips them",
                 skipped,
             )
-        for letter in dead_letters:
+        for letter in batch.dead_letters:
             info = self._publish_dead_letter(dead_letter_json(letter))
             if (
                 info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS
@@ -300,13 +298,12 @@ class MqttConsumer:
                 topic = msg.topic
             except UnicodeDecodeError:
                 topic = "<topic is not valid UTF-8>"
-            result = self._decoder.decode(topic, bytes(msg.payload), time.time_ns())
             token = AckToken(msg.mid, msg.qos, self._generation)
-            # Only this thread writes these two counters; readers may see them a message late.
-            stats = self._stats
-            stats.messages_received += 1
-            stats.samples_received += len(result.samples)
-            self._inbox.put(Inbound(result, token))  # blocks when full: backpressure
+            # Only this thread writes this counter; readers may see it a message late.
+            self._stats.messages_received += 1
+            # Queued raw: the writer thread parses it, where its objects are used.
+            inbound = Inbound(None, token, topic, bytes(msg.payload), time.time_ns())
+            self._inbox.put(inbound)  # blocks when full: backpressure
         except Exception:
             # Never let a message kill the network thread; it stays unacknowledged.
             log.exception("could not queue a message (mid %s); the broker redelivers it", msg.mid)

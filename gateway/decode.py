@@ -12,7 +12,7 @@ import logging
 import math
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 import msgspec
@@ -69,10 +69,12 @@ _FastValue = (
 )
 
 
-class _FastSample(msgspec.Struct):
+class _FastSample(msgspec.Struct, gc=False):
     asset: str
     signal: str
-    ts: Annotated[datetime, _Checked(tz=True)]
+    ts: str
+    """Parsed later, once per distinct text (:class:`gateway.columns.SampleColumns` caches
+    it): the samples of one envelope usually share a few timestamps."""
     value: _FastValue
     quality: Literal["good", "uncertain", "bad"] = "good"
     unit: Annotated[str, _Checked(max_length=MAX_UNIT_CHARS)] | None = None
@@ -87,9 +89,6 @@ class _FastEnvelope(msgspec.Struct):
         list[_FastSample], _Checked(min_length=1, max_length=MAX_SAMPLES_PER_MESSAGE)
     ]
 
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
 
 _decode_envelope = msgspec.json.Decoder(_FastEnvelope).decode
 _decode_loose = msgspec.json.Decoder(_LooseEnvelope).decode
@@ -144,6 +143,14 @@ class DecodeResult:
     samples: list[NormalizedSample] = field(default_factory=list)
     reason: str | None = None
     sample_errors: int = 0
+    pending: list[_FastSample] | None = None
+    """From :meth:`EnvelopeDecoder.parse`: the envelope's samples, typed but not yet checked
+    one by one (names, time window); the writer does that while it groups them per series."""
+
+    @property
+    def sample_count(self) -> int:
+        """Samples carried (pending ones included)."""
+        return len(self.pending) if self.pending is not None else len(self.samples)
 
     @property
     def is_dead_letter(self) -> bool:
@@ -223,9 +230,34 @@ class EnvelopeDecoder:
         self._known_pairs: dict[tuple[str, str], tuple[str, str]] = {}
         """Valid (asset, signal) pairs, each mapped to itself: samples share these strings
         instead of keeping the copies each decode makes (less memory per queued sample)."""
+        self._topic_agents: dict[str, str] = {}
+        """Samples topics seen, mapped to their agent id."""
 
     def decode(self, topic: str, payload: bytes, received_ns: int) -> DecodeResult:
-        """Decode one message received at ``received_ns`` (Unix ns). Never raises."""
+        """Decode one message received at ``received_ns`` (Unix ns), every sample checked and
+        normalized into ``samples``. Never raises."""
+        result = self.parse(topic, payload, received_ns)
+        pending, result.pending = result.pending, None
+        if pending is not None:
+            errors: list[str] = []
+            max_ns = received_ns + self._max_future_ns
+            for index, s in enumerate(pending):
+                checked = self.check_sample(s, max_ns)
+                if isinstance(checked, str):
+                    errors.append(f"samples[{index}].{checked}")
+                else:
+                    result.samples.append(checked)
+            if errors:
+                self.set_sample_reason(result, errors, len(pending))
+        return result
+
+    @property
+    def max_future_ns(self) -> int:
+        return self._max_future_ns
+
+    def parse(self, topic: str, payload: bytes, received_ns: int) -> DecodeResult:
+        """Like :meth:`decode`, but a well-formed envelope's samples are left in ``pending``
+        for the writer to check (the hot path). Never raises."""
         try:
             return self._decode(topic, payload, received_ns)
         except RecursionError:
@@ -248,7 +280,13 @@ class EnvelopeDecoder:
 
     def _decode(self, topic: str, payload: bytes, received_ns: int) -> DecodeResult:
         result = DecodeResult(topic=topic, payload=payload, received_ns=received_ns)
-        agent = agent_from_samples_topic(topic)
+        agent = self._topic_agents.get(topic)
+        if agent is None:
+            agent = agent_from_samples_topic(topic)
+            if agent is not None:
+                if len(self._topic_agents) >= _KNOWN_PAIRS_MAX:
+                    self._topic_agents.clear()
+                self._topic_agents[topic] = agent
         if agent is None:
             result.reason = f"topic {topic!r} is not karkhana/v1/edge/{{agent}}/samples"
             return result
@@ -272,25 +310,7 @@ class EnvelopeDecoder:
             return result
         result.agent = envelope.agent
         result.seq = envelope.seq
-        errors: list[str] = []
-        max_ns = received_ns + self._max_future_ns
-        min_ns = self._min_ns
-        known = self._known_pairs
-        append = result.samples.append
-        for index, s in enumerate(envelope.samples):
-            # Hot loop: the common case inline; anything unusual takes the full check.
-            ts_ns = (s.ts - _EPOCH) // _MICROSECOND * 1000
-            pair = known.get((s.asset, s.signal))
-            if pair is not None and min_ns <= ts_ns <= max_ns:
-                append(NormalizedSample(pair[0], pair[1], ts_ns, s.value, s.quality, s.unit))
-                continue
-            checked = self._check_sample(s, max_ns)
-            if isinstance(checked, str):
-                errors.append(f"samples[{index}].{checked}")
-            else:
-                append(checked)
-        if errors:
-            self._set_sample_reason(result, errors, len(envelope.samples))
+        result.pending = envelope.samples
         return result
 
     # -- slow path -------------------------------------------------------------------------
@@ -327,13 +347,13 @@ class EnvelopeDecoder:
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 errors.append(_msgspec_reason(exc, prefix=prefix))
                 continue
-            checked = self._check_sample(sample, max_ns)
+            checked = self.check_sample(sample, max_ns)
             if isinstance(checked, str):
                 errors.append(f"{prefix}.{checked}")
             else:
                 result.samples.append(checked)
         if errors:
-            self._set_sample_reason(result, errors, len(loose.samples))
+            self.set_sample_reason(result, errors, len(loose.samples))
         return result
 
     # -- checks ----------------------------------------------------------------------------
@@ -355,21 +375,30 @@ class EnvelopeDecoder:
             return f"samples: {count} samples (max {MAX_SAMPLES_PER_MESSAGE})"
         return None
 
-    def _check_sample(self, s: _Sample | _FastSample, max_ns: int) -> NormalizedSample | str:
-        """A normalized sample, or the problem as ``field: reason``."""
-        pair = (s.asset, s.signal)
-        if pair not in self._known_pairs:
-            if not ASSET_PATH_RE.fullmatch(s.asset):
+    def check_names(self, asset: str, signal: str) -> tuple[str, str] | str:
+        """The (asset, signal) pair (one shared tuple per valid pair), or the problem."""
+        key = (asset, signal)
+        pair = self._known_pairs.get(key)
+        if pair is None:
+            if not ASSET_PATH_RE.fullmatch(asset):
                 return (
-                    f"asset: {_shown(s.asset)} is not site/area/line/machine "
+                    f"asset: {_shown(asset)} is not site/area/line/machine "
                     "(lower-case letters, digits, '-' and '_')"
                 )
-            if not SIGNAL_RE.fullmatch(s.signal):
-                return f"signal: {_shown(s.signal)} does not match {SIGNAL_RE.pattern}"
+            if not SIGNAL_RE.fullmatch(signal):
+                return f"signal: {_shown(signal)} does not match {SIGNAL_RE.pattern}"
             if len(self._known_pairs) >= _KNOWN_PAIRS_MAX:
                 self._known_pairs.clear()
-            self._known_pairs[pair] = pair
-        ts = s.ts
+            self._known_pairs[key] = pair = key
+        return pair
+
+    def check_ts(self, ts: datetime | str, max_ns: int) -> int | str:
+        """The timestamp in Unix ns, or the problem (format, timezone, time window)."""
+        if isinstance(ts, str):
+            try:
+                ts = msgspec.convert(ts, datetime)
+            except msgspec.ValidationError as exc:
+                return f"ts: {_lower_first(str(exc))}"
         if ts.tzinfo is None:
             return f"ts: timestamp {ts.isoformat()} has no timezone (UTC offset or Z required)"
         ts_ns = to_ns(ts)
@@ -380,6 +409,16 @@ class EnvelopeDecoder:
                 f"ts: timestamp {_ts_text(ts)} more than {self.limits.max_future_s:g} s "
                 "in the future"
             )
+        return ts_ns
+
+    def check_sample(self, s: _Sample | _FastSample, max_ns: int) -> NormalizedSample | str:
+        """A normalized sample, or the problem as ``field: reason``."""
+        pair = self.check_names(s.asset, s.signal)
+        if isinstance(pair, str):
+            return pair
+        ts_ns = self.check_ts(s.ts, max_ns)
+        if isinstance(ts_ns, str):
+            return ts_ns
         value = s.value
         kind = type(value)
         if kind is float:
@@ -397,10 +436,10 @@ class EnvelopeDecoder:
             return f"quality: {_shown(s.quality)} is not one of good, uncertain, bad"
         if s.unit is not None and len(s.unit) > MAX_UNIT_CHARS:
             return f"unit: {len(s.unit)} characters (max {MAX_UNIT_CHARS})"
-        return NormalizedSample(s.asset, s.signal, ts_ns, value, s.quality, s.unit)
+        return NormalizedSample(pair[0], pair[1], ts_ns, value, s.quality, s.unit)
 
     @staticmethod
-    def _set_sample_reason(result: DecodeResult, errors: list[str], total: int) -> None:
+    def set_sample_reason(result: DecodeResult, errors: list[str], total: int) -> None:
         listed = "; ".join(errors[:REASONS_LISTED])
         more = len(errors) - REASONS_LISTED
         suffix = f"; and {more} more" if more > 0 else ""

@@ -28,9 +28,9 @@ PREFIX = "karkhana_gateway_"
 class InboxGauges:
     """How full the inbox is, read at scrape time."""
 
-    def __init__(self, messages: Callable[[], int], samples: Callable[[], int]) -> None:
+    def __init__(self, messages: Callable[[], int], bytes_: Callable[[], int]) -> None:
         self.messages = messages
-        self.samples = samples
+        self.bytes = bytes_
 
 
 class GatewayCollector(Collector):
@@ -51,7 +51,11 @@ class GatewayCollector(Collector):
             return GaugeMetricFamily(PREFIX + name, doc, value=value)
 
         yield counter("messages_received", "Messages received from the broker", s.messages_received)
-        yield counter("samples_received", "Valid samples decoded from them", s.samples_received)
+        yield counter(
+            "samples_received",
+            "Samples in the well-formed envelopes among them",
+            s.samples_received,
+        )
         yield counter(
             "messages_committed",
             "Messages committed and acknowledged (valid, duplicate or dead letter)",
@@ -88,13 +92,11 @@ class GatewayCollector(Collector):
                 s.last_commit_ts.timestamp(),
             )
         if self._inbox is not None:
+            yield gauge("inbox_messages", "Messages waiting for the writer", self._inbox.messages())
             yield gauge(
-                "inbox_messages", "Decoded messages waiting for the writer", self._inbox.messages()
-            )
-            yield gauge(
-                "inbox_samples",
-                "Samples of the messages waiting for the writer",
-                self._inbox.samples(),
+                "inbox_bytes",
+                "Payload bytes of the messages waiting for the writer",
+                self._inbox.bytes(),
             )
 
 

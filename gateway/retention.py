@@ -23,19 +23,34 @@ import logging
 import sqlite3
 import threading
 import time
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any, TypeVar
 
 from karkhana.errors import StoreError
 from karkhana.models import from_ns, iso_utc
-from karkhana.storage.sqlite_schema import ValueType, connect
+from karkhana.storage.sqlite_chunks import (
+    CHUNK_NS,
+    Run,
+    latest_before,
+    next_time,
+    read_range,
+    rewrite_range,
+    window_of,
+)
+from karkhana.storage.sqlite_schema import connect
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DAY_NS = 86_400 * 1_000_000_000
 WATERMARK_KEY = "downsampled_until_ns"
 """``meta`` key: float samples before this time are already downsampled."""
+COMPACTED_KEY = "compacted_until_ns"
+"""``meta`` key: the chunk windows before this time are compacted."""
 DEFAULT_KEEP_RAW = ("state*", "mode*", "count*", "*counter*", "energy*")
 
 
@@ -47,10 +62,14 @@ class RetentionPolicy:
     keep_raw: tuple[str, ...] = DEFAULT_KEEP_RAW
     """fnmatch patterns of signal names never downsampled."""
     deadletter_retention_days: float | None = None
+    compact_after_s: float | None = 3600.0
+    """Merge the chunks of each series' closed windows older than this into one chunk per
+    window (a low-rate series gets one small chunk per batch); None: never."""
     chunk_rows: int = 5000
+    """Chunk rows deleted (or dead letters) per transaction."""
 
     @property
-    def enabled(self) -> bool:
+    def removes_data(self) -> bool:
         return any(
             days is not None
             for days in (
@@ -59,6 +78,10 @@ class RetentionPolicy:
                 self.deadletter_retention_days,
             )
         )
+
+    @property
+    def enabled(self) -> bool:
+        return self.removes_data or self.compact_after_s is not None
 
     def keeps_raw(self, signal: str) -> bool:
         return any(fnmatch.fnmatchcase(signal, pattern) for pattern in self.keep_raw)
@@ -71,6 +94,8 @@ class RetentionReport:
     samples_downsampled: int = 0
     """Float samples removed by downsampling."""
     dead_letters_deleted: int = 0
+    chunks_compacted: int = 0
+    """Chunk rows merged away (the samples stay)."""
 
     @property
     def removed(self) -> int:
@@ -99,6 +124,8 @@ class SqliteRetention:
             raise StoreError(f"retention on the SQLite store {self.path} failed: {exc}") from exc
         finally:
             conn.close()
+        if report.chunks_compacted:
+            log.debug("%s: %d chunk row(s) merged", self.path, report.chunks_compacted)
         if report.removed:
             log.info(
                 "retention on %s: %d old sample(s) deleted, %d gauge sample(s) downsampled, "
@@ -128,6 +155,9 @@ class SqliteRetention:
             until = now_ns - int(p.downsample_after_days * DAY_NS)
             until -= until % self._bucket_ns  # whole buckets only
             report.samples_downsampled += self._downsample(conn, series, until, stop)
+        if p.compact_after_s is not None:
+            until = window_of(now_ns - int(p.compact_after_s * 1e9))
+            report.chunks_compacted += self._compact(conn, series, until, stop)
 
     # -- retention -------------------------------------------------------------------------
 
@@ -135,26 +165,31 @@ class SqliteRetention:
         self, conn: sqlite3.Connection, sid: int, cutoff: int, stop: threading.Event
     ) -> int:
         """Delete the series' samples before ``cutoff`` except the newest of them."""
-        row = conn.execute(
-            "SELECT max(ts_ns) FROM samples WHERE series_id = ? AND ts_ns < ?", (sid, cutoff)
-        ).fetchone()
-        if row[0] is None:
+        keep_from = latest_before(conn, sid, cutoff)
+        if keep_from is None:
             return 0
-        keep_from = int(row[0])
         deleted = 0
+        # Whole chunks first, a bounded number per transaction.
         while not stop.is_set():
-            boundary = conn.execute(
-                "SELECT ts_ns FROM samples WHERE series_id = ? AND ts_ns < ? "
-                "ORDER BY ts_ns LIMIT 1 OFFSET ?",
-                (sid, keep_from, self.policy.chunk_rows - 1),
-            ).fetchone()
-            upper = int(boundary[0]) + 1 if boundary is not None else keep_from
-            deleted += self._in_transaction(
-                conn, "DELETE FROM samples WHERE series_id = ? AND ts_ns < ?", (sid, upper)
-            )
-            if boundary is None:
+            rows = conn.execute(
+                "SELECT id, n FROM sample_chunks WHERE series_id = ? AND ts_last < ? LIMIT ?",
+                (sid, keep_from, self.policy.chunk_rows),
+            ).fetchall()
+            if not rows:
                 break
-        return deleted
+            ids = [(r[0],) for r in rows]
+            self._in_transaction(
+                conn, conn.executemany, "DELETE FROM sample_chunks WHERE id = ?", ids
+            )
+            deleted += sum(r[1] for r in rows)
+        if stop.is_set():
+            return deleted
+        # Then the older part of the chunk(s) holding the sample kept.
+        lo = window_of(keep_from)
+        removed = self._in_transaction(
+            conn, lambda: rewrite_range(conn, sid, lo, keep_from, Run([], []))[0]
+        )
+        return deleted + removed
 
     def _delete_dead_letters(
         self, conn: sqlite3.Connection, cutoff: int, stop: threading.Event
@@ -163,9 +198,13 @@ class SqliteRetention:
         while not stop.is_set():
             n = self._in_transaction(
                 conn,
-                "DELETE FROM dead_letters WHERE id IN "
-                "(SELECT id FROM dead_letters WHERE received_ns < ? LIMIT ?)",
-                (cutoff, self.policy.chunk_rows),
+                lambda: (
+                    conn.execute(
+                        "DELETE FROM dead_letters WHERE id IN "
+                        "(SELECT id FROM dead_letters WHERE received_ns < ? LIMIT ?)",
+                        (cutoff, self.policy.chunk_rows),
+                    ).rowcount
+                ),
             )
             deleted += n
             if n < self.policy.chunk_rows:
@@ -194,9 +233,11 @@ class SqliteRetention:
             removed += self._downsample_series(conn, sid, since, until, stop)
         self._in_transaction(
             conn,
-            "INSERT INTO meta (key, value) VALUES (?, ?) "
-            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            (WATERMARK_KEY, str(until)),
+            lambda: conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (WATERMARK_KEY, str(until)),
+            ),
         )
         log.debug("float samples before %s downsampled", iso_utc(from_ns(until)))
         return removed
@@ -205,50 +246,92 @@ class SqliteRetention:
         self, conn: sqlite3.Connection, sid: int, since: int, until: int, stop: threading.Event
     ) -> int:
         bucket = self._bucket_ns
-        float_code = int(ValueType.FLOAT)
-        first = conn.execute(
-            "SELECT min(ts_ns) FROM samples WHERE series_id = ? AND vtype = ? "
-            "AND ts_ns >= ? AND ts_ns < ?",
-            (sid, float_code, since, until),
-        ).fetchone()[0]
-        if first is None:
-            return 0
-        lo = int(first) - int(first) % bucket
+        # Steps of whole buckets, at least one chunk window long.
+        step = bucket * max(1, -(-CHUNK_NS // bucket))
         removed = 0
-        while lo < until and not stop.is_set():
-            # The chunk ends at the bucket holding the chunk_rows-th row (at least one bucket).
-            row = conn.execute(
-                "SELECT ts_ns FROM samples WHERE series_id = ? AND vtype = ? "
-                "AND ts_ns >= ? AND ts_ns < ? ORDER BY ts_ns LIMIT 1 OFFSET ?",
-                (sid, float_code, lo, until, self.policy.chunk_rows),
-            ).fetchone()
-            hi = until if row is None else max(int(row[0]) - int(row[0]) % bucket, lo + bucket)
-            removed += self._in_transaction(
-                conn,
-                "DELETE FROM samples WHERE series_id = :sid AND vtype = :vt "
-                "AND ts_ns >= :lo AND ts_ns < :hi AND ts_ns NOT IN ("
-                " SELECT min(ts_ns) FROM samples WHERE series_id = :sid AND vtype = :vt"
-                " AND ts_ns >= :lo AND ts_ns < :hi GROUP BY ts_ns / :bucket"
-                " UNION ALL"
-                " SELECT max(ts_ns) FROM samples WHERE series_id = :sid AND vtype = :vt"
-                " AND ts_ns >= :lo AND ts_ns < :hi GROUP BY ts_ns / :bucket)",
-                {"sid": sid, "vt": float_code, "lo": lo, "hi": hi, "bucket": bucket},
-            )
+        lo = since
+        while not stop.is_set():
+            first = next_time(conn, sid, lo)
+            if first is None or first >= until:
+                break
+            lo = first - first % bucket
+            hi = min(lo + step, until)
+            run = read_range(conn, sid, lo, hi)
+            keep = _first_and_last_floats(run, bucket)
+            if len(keep) < len(run):
+                self._in_transaction(conn, rewrite_range, conn, sid, lo, hi, keep)
+                removed += len(run) - len(keep)
             lo = hi
         return removed
 
-    @staticmethod
-    def _in_transaction(
-        conn: sqlite3.Connection, sql: str, params: tuple[object, ...] | dict[str, object]
+    # -- compaction ------------------------------------------------------------------------
+
+    def _compact(
+        self,
+        conn: sqlite3.Connection,
+        series: list[tuple[int, str]],
+        until: int,
+        stop: threading.Event,
     ) -> int:
+        """One chunk per series and window for the windows in [watermark, until)."""
+        row = conn.execute("SELECT value FROM meta WHERE key = ?", (COMPACTED_KEY,)).fetchone()
+        since = int(row[0]) if row is not None else 0
+        if until <= since:
+            return 0
+        merged = 0
+        for sid, _ in series:
+            if stop.is_set():
+                return merged  # the watermark stays: the next pass redoes this range
+            windows = Counter(
+                window_of(first)
+                for (first,) in conn.execute(
+                    "SELECT ts_first FROM sample_chunks WHERE series_id = ? "
+                    "AND ts_last >= ? AND ts_last < ?",
+                    (sid, since, until),
+                )
+            )
+            for w, chunks in sorted(windows.items()):
+                if chunks > 1 and not stop.is_set():
+                    run = read_range(conn, sid, w, w + CHUNK_NS)
+                    self._in_transaction(conn, rewrite_range, conn, sid, w, w + CHUNK_NS, run)
+                    merged += chunks - 1
+        self._in_transaction(
+            conn,
+            conn.execute,
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (COMPACTED_KEY, str(until)),
+        )
+        return merged
+
+    @staticmethod
+    def _in_transaction(conn: sqlite3.Connection, work: Callable[..., T], *args: Any) -> T:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            changed = conn.execute(sql, params).rowcount
+            result = work(*args)
             conn.commit()
         except BaseException:
             conn.rollback()
             raise
-        return max(changed, 0)
+        return result
+
+
+def _first_and_last_floats(run: Run, bucket_ns: int) -> Run:
+    """Every non-float sample, and the first and last float sample of each bucket."""
+    keep: list[int] = []
+    spans: dict[int, list[int]] = {}  # bucket -> [first, last] index of its floats
+    for i, (ts, value) in enumerate(zip(run.ts, run.values, strict=True)):
+        if type(value) is not float:
+            keep.append(i)
+            continue
+        span = spans.get(ts // bucket_ns)
+        if span is None:
+            spans[ts // bucket_ns] = [i, i]
+        else:
+            span[1] = i
+    keep += [i for first, last in spans.values() for i in {first, last}]
+    keep.sort()
+    return run.select(keep)
 
 
 class RetentionRunner:

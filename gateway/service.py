@@ -47,7 +47,7 @@ class Gateway:
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
         self._stats = GatewayStats()
-        self._inbox = Inbox(settings.queue_max_messages, settings.queue_max_samples)
+        self._inbox = Inbox(settings.queue_max_messages, settings.queue_max_bytes)
         self._decoder = EnvelopeDecoder(
             DecodeLimits(
                 max_payload_bytes=settings.max_payload_bytes,
@@ -70,7 +70,7 @@ class Gateway:
 
     async def __aenter__(self) -> Gateway:
         store = await asyncio.to_thread(open_store, self.settings)
-        consumer = MqttConsumer(self.settings, self._decoder, self._inbox, self._stats)
+        consumer = MqttConsumer(self.settings, self._inbox, self._stats)
         on_commit: OnCommit = consumer.acknowledge
         if self.settings.uns_mirror:
             self.uns = UnsMirror(self.settings)
@@ -83,6 +83,7 @@ class Gateway:
             max_samples=self.settings.batch_max_samples,
             max_delay_s=self.settings.batch_max_delay_s,
             deadletter_payload_max=self.settings.deadletter_payload_max,
+            decoder=self._decoder,
         )
         try:
             writer.start()
@@ -114,6 +115,8 @@ class Gateway:
         if not policy.enabled:
             return
         if self.settings.store != "sqlite":
+            if not policy.removes_data:
+                return  # compaction concerns the SQLite store only
             log.warning(
                 "retention and downsampling settings apply to the SQLite store only; "
                 "use the retention policies of %s",
@@ -127,7 +130,7 @@ class Gateway:
     async def _start_metrics(self, port: int) -> MetricsServer:
         inbox = self._inbox
         collector = GatewayCollector(
-            self._stats.snapshot, InboxGauges(inbox.messages, lambda: inbox.samples)
+            self._stats.snapshot, InboxGauges(inbox.messages, lambda: inbox.bytes)
         )
         return await MetricsServer(collector, self.settings.metrics_host, port).__aenter__()
 

@@ -42,7 +42,7 @@ class GatewaySettings(InfluxSettings, BaseSettings):
     batch_max_samples: int = Field(default=20_000, ge=1, le=1_000_000)
     batch_max_delay_s: float = Field(default=0.2, gt=0, le=60)
     queue_max_messages: int = Field(default=10_000, ge=1, le=10_000_000)
-    queue_max_samples: int = Field(default=200_000, ge=1, le=100_000_000)
+    queue_max_bytes: int = Field(default=32 * 1024 * 1024, ge=1, le=2**40)
     receive_maximum: int = Field(default=1000, ge=1, le=65_535)
     max_payload_bytes: int = Field(default=1_000_000, ge=64)
     max_future_s: float = Field(default=86400 * 2, ge=0)
@@ -55,6 +55,8 @@ class GatewaySettings(InfluxSettings, BaseSettings):
     downsample_keep_raw: list[str] = Field(default_factory=lambda: list(DEFAULT_KEEP_RAW))
     deadletter_retention_days: float | None = Field(default=None, gt=0)
     retention_interval_s: float = Field(default=600.0, ge=1)
+    compact_after_s: float = Field(default=3600.0, ge=0)
+    """Merge each series' chunks of windows older than this (SQLite); 0 turns it off."""
     uns_mirror: bool = False
     metrics_port: int | None = Field(default=None, ge=0, le=65_535)
     metrics_host: str = "127.0.0.1"
@@ -124,6 +126,7 @@ class GatewaySettings(InfluxSettings, BaseSettings):
             downsample_bucket_s=self.downsample_bucket_s,
             keep_raw=tuple(self.downsample_keep_raw),
             deadletter_retention_days=self.deadletter_retention_days,
+            compact_after_s=self.compact_after_s or None,
         )
 
     @property

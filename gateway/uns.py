@@ -26,9 +26,9 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.consumer import connect_as_configured
-from gateway.deadletters import DeadLetter
 from gateway.decode import NormalizedSample
 from gateway.settings import GatewaySettings
+from gateway.stores.base import Batch
 from gateway.writer import Inbound, OnCommit
 from karkhana import topics
 from karkhana.models import SampleValue, from_ns, iso_utc
@@ -171,9 +171,9 @@ class UnsMirror:
     def after(self, acknowledge: OnCommit) -> OnCommit:
         """An ``on_commit`` for the writer: ``acknowledge``, then mirror the batch's samples."""
 
-        def on_commit(items: list[Inbound], dead_letters: list[DeadLetter]) -> None:
-            acknowledge(items, dead_letters)
-            self.committed(s for item in items for s in item.result.samples)
+        def on_commit(items: list[Inbound], batch: Batch) -> None:
+            acknowledge(items, batch)
+            self.committed(run.newest() for run in batch.runs if run.ts)
 
         return on_commit
 

@@ -20,8 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from gateway.deadletters import DeadLetter, dead_letter_from
-from gateway.decode import DecodeResult
+from gateway.columns import SampleColumns
+from gateway.deadletters import dead_letter_from
+from gateway.decode import DecodeResult, EnvelopeDecoder
 from gateway.stats import GatewayStats
 from gateway.stores.base import Batch, Store
 from karkhana.errors import StoreError
@@ -44,52 +45,71 @@ window misses (a restart) is still harmless: the store keys samples by (series, 
 
 @dataclass(slots=True)
 class Inbound:
-    """A decoded message and the opaque token its source needs to acknowledge it."""
+    """A message and the opaque token its source needs to acknowledge it.
 
-    result: DecodeResult
+    The network thread queues the raw message (``topic``, ``payload``, ``received_ns``,
+    ``result`` None); the writer thread parses it (``result``) as it takes it, so the parsed
+    objects are used on the core that made them. A message may also arrive parsed.
+    """
+
+    result: DecodeResult | None
     token: object = None
+    topic: str = ""
+    payload: bytes = b""
+    received_ns: int = 0
+
+    @property
+    def size(self) -> int:
+        """Payload bytes (what the inbox is bounded by)."""
+        return len(self.payload) if self.result is None else len(self.result.payload)
+
+    @property
+    def parsed(self) -> DecodeResult:
+        if self.result is None:
+            raise RuntimeError("message not parsed yet")
+        return self.result
 
 
-OnCommit = Callable[[list[Inbound], list[DeadLetter]], None]
-"""Called (in the writer thread) with every message of a committed batch."""
+OnCommit = Callable[[list[Inbound], Batch], None]
+"""Called (in the writer thread) with every message of a committed batch, and the batch."""
 
 
 class Inbox(queue.Queue[object]):
     """The bounded queue between the network thread and the writer.
 
-    Bounded twice: by messages (``max_messages``) and by the samples they carry
-    (``max_samples``), so memory stays bounded whatever the envelopes' size. A put blocks
+    Bounded twice: by messages (``max_messages``) and by their payload bytes
+    (``max_bytes``), so memory stays bounded whatever the messages' size. A put blocks
     while either bound is reached (backpressure); a single message larger than
-    ``max_samples`` is still accepted when the inbox is empty, so it cannot block forever.
+    ``max_bytes`` is still accepted when the inbox is empty, so it cannot block forever.
     """
 
-    def __init__(self, max_messages: int, max_samples: int) -> None:
+    def __init__(self, max_messages: int, max_bytes: int) -> None:
         super().__init__(maxsize=max_messages)
-        self.max_samples = max_samples
-        self.samples = 0
-        """Samples of the queued messages (read without the lock for metrics)."""
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        """Payload bytes of the queued messages (read without the lock for metrics)."""
 
     # queue.Queue calls these with its mutex held; ``_qsize`` reporting "full" while the
-    # sample bound is reached is what makes ``put`` wait.
+    # byte bound is reached is what makes ``put`` wait.
     def _qsize(self) -> int:
         queued = len(self.queue)
-        if queued and self.samples >= self.max_samples:
+        if queued and self.bytes >= self.max_bytes:
             return max(queued, self.maxsize)
         return queued
 
     def _put(self, item: object) -> None:
         if isinstance(item, Inbound):
-            self.samples += len(item.result.samples)
+            self.bytes += item.size
         self.queue.append(item)
 
     def _get(self) -> object:
         item = self.queue.popleft()
         if isinstance(item, Inbound):
-            self.samples -= len(item.result.samples)
+            self.bytes -= item.size
         return item
 
     def messages(self) -> int:
-        """Messages queued (``qsize`` reports the inbox full while the sample bound is hit)."""
+        """Messages queued (``qsize`` reports the inbox full while the byte bound is hit)."""
         return len(self.queue)
 
 
@@ -106,6 +126,7 @@ class BatchWriter:
         max_samples: int = 20_000,
         max_delay_s: float = 0.2,
         deadletter_payload_max: int = 4096,
+        decoder: EnvelopeDecoder | None = None,
     ) -> None:
         self._store = store
         self._inbox = inbox
@@ -114,6 +135,10 @@ class BatchWriter:
         self._max_samples = max_samples
         self._max_delay_s = max_delay_s
         self._payload_max = deadletter_payload_max
+        # Checks the samples that messages carry unchecked (``DecodeResult.pending``) and
+        # groups them per series.
+        self._decoder = decoder or EnvelopeDecoder()
+        self._columns = SampleColumns(self._decoder)
         self._stop = threading.Event()
         # Envelopes committed lately, (agent, seq) -> None in commit order (a bounded set).
         self._recent: OrderedDict[tuple[str, int], None] = OrderedDict()
@@ -181,7 +206,7 @@ class BatchWriter:
             if not saw_stop:
                 assert isinstance(first, Inbound)
                 items.append(first)
-                saw_stop = self._collect(items)
+                saw_stop = self._collect(items, self._parse(first).sample_count)
             if saw_stop or self._stop.is_set():
                 self._drain(items)
                 if items:
@@ -189,10 +214,17 @@ class BatchWriter:
                 return
             self._commit(items)
 
-    def _collect(self, items: list[Inbound]) -> bool:
+    def _parse(self, item: Inbound) -> DecodeResult:
+        """The message's parse (done here, in the writer thread, on first use)."""
+        if item.result is None:
+            item.result = self._decoder.parse(item.topic, item.payload, item.received_ns)
+            # Only this thread writes this counter; readers may see it a message late.
+            self._stats.samples_received += item.result.sample_count
+        return item.result
+
+    def _collect(self, items: list[Inbound], samples: int) -> bool:
         """Add waiting messages to ``items``; True when the stop marker was seen."""
         inbox = self._inbox
-        samples = len(items[0].result.samples)
         deadline = time.monotonic() + self._max_delay_s
         while samples < self._max_samples:
             try:
@@ -203,7 +235,7 @@ class BatchWriter:
                 return True
             assert isinstance(item, Inbound)
             items.append(item)
-            samples += len(item.result.samples)
+            samples += self._parse(item).sample_count
             if time.monotonic() >= deadline:
                 return False
         return False
@@ -227,11 +259,13 @@ class BatchWriter:
     def _commit(self, items: list[Inbound]) -> bool:
         """Write ``items`` in one transaction (retrying on store errors); then acknowledge."""
         batch = Batch()
+        columns = self._columns
+        columns.clear()
         pending: dict[str, int] = {}
         keys: set[tuple[str, int]] = set()
         duplicates = 0
         for item in items:
-            result = item.result
+            result = self._parse(item)
             if result.seq is not None and result.agent is not None:
                 key = (result.agent, result.seq)
                 if key in self._recent or key in keys:
@@ -241,9 +275,10 @@ class BatchWriter:
                 keys.add(key)
                 if result.seq > pending.get(result.agent, -1):
                     pending[result.agent] = result.seq
-                batch.samples.extend(result.samples)
+                columns.add(result)
             if result.reason is not None:
                 batch.dead_letters.append(dead_letter_from(result, self._payload_max))
+        batch.runs = columns.filled()
         batch.high_water = pending
         batch.received_ns = time.time_ns()
 
@@ -272,10 +307,10 @@ class BatchWriter:
                 delay = min(delay * 2, RETRY_MAX_S)
 
         self._remember(keys)
-        oldest_ns = min(item.result.received_ns for item in items)
+        oldest_ns = min(item.parsed.received_ns for item in items)
         stats = self._stats
         with stats.lock:
-            stats.batch_samples.observe(len(batch.samples))
+            stats.batch_samples.observe(columns.count)
             stats.write_seconds.observe(write_s)
             stats.commit_lag_s = max(0.0, (time.time_ns() - oldest_ns) / 1e9)
             stats.messages += len(items)
@@ -288,7 +323,7 @@ class BatchWriter:
         for letter in batch.dead_letters:
             log.warning("dead letter from %s: %s", letter.topic, letter.reason)
         try:
-            self._on_commit(items, batch.dead_letters)
+            self._on_commit(items, batch)
         except Exception:
             # The data is committed; a failed acknowledgement only means redelivery, which
             # de-duplication absorbs.

@@ -25,14 +25,21 @@ from dataclasses import dataclass, fields
 from itertools import accumulate
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 from karkhana.config.factory import MachineRef
 from karkhana.errors import StoreError
 from karkhana.models import to_ns, utc_now
 from karkhana.storage.influx_schema import escape_tag, field_string
+from karkhana.storage.sqlite_chunks import CHUNK_NS, count_fingerprint, window_counts
 from services.kpi import OeeComponents, compute_ratios
-from services.kpi.buckets import BUCKET_NS, BucketResult, floor_bucket, machine_buckets
+from services.kpi.buckets import (
+    BUCKET_NS,
+    BucketBatch,
+    BucketResult,
+    bucket_batch,
+    floor_bucket,
+)
 from services.kpi.source import SampleSource
 
 logger = logging.getLogger(__name__)
@@ -118,6 +125,59 @@ def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def _table(batch: BucketBatch, layout: _Layout) -> tuple[dict[str, list[float]], list[list[str]]]:
+    """The numeric columns (``flatten`` names) and the set columns (comma-separated text,
+    in ``layout.sets`` order) of every bucket of ``batch``."""
+    count = batch.count
+    swept = batch.columns
+    if swept is not None and layout.sets == ("flags",):
+        numbers = swept.flat()
+        if set(layout.numbers) <= numbers.keys():
+            sets = [[",".join(sorted(f)) if f else "" for f in swept.flags]]
+            for k, r in batch.results.items():
+                flat = flatten(r.components, layout)
+                for name in flat.keys() - numbers.keys():
+                    numbers[name] = [0.0] * count
+                for name, column in numbers.items():
+                    column[k] = flat.get(name, 0.0)
+                sets[0][k] = ",".join(sorted(r.components.flags))
+            return numbers, sets
+    # Components the sweep does not know: flatten each bucket.
+    results = batch.as_results()
+    flats = [flatten(r.components, layout) for r in results]
+    names = list(dict.fromkeys(k for f in flats for k in f))
+    numbers = {n: [f.get(n, 0.0) for f in flats] for n in names}
+    return numbers, [
+        [",".join(sorted(getattr(r.components, s))) for r in results] for s in layout.sets
+    ]
+
+
+def _ratio_columns(numbers: Mapping[str, Sequence[float]]) -> list[list[float | None]]:
+    """Availability, performance, quality and OEE (``RATIOS``) of every bucket, computed as
+    ``compute_ratios`` computes them from the bucket's components."""
+    cols = (numbers[n] for n in ("planned_s", "run_s", "ideal_s", "good", "total"))
+    availability: list[float | None] = []
+    performance: list[float | None] = []
+    quality: list[float | None] = []
+    oee: list[float | None] = []
+    for planned, run, ideal, good, total in zip(*cols, strict=True):
+        a = run / planned if planned > 0 else None
+        p = ideal / run if run > 0 else None
+        if p is not None and p > 1.0:
+            p = 1.0
+        q = good / total if total > 0 else None
+        availability.append(a)
+        performance.append(p)
+        quality.append(q)
+        oee.append(a * p * q if a is not None and p is not None and q is not None else None)
+    return [availability, performance, quality, oee]
+
+
+_T = TypeVar("_T")
+# A chunk window must be one KPI bucket for ``SampleCounter.counts`` to be per bucket.
+if CHUNK_NS != BUCKET_NS:
+    raise RuntimeError("the sample store's chunk window must equal the KPI bucket")
+
 # --- counting raw samples ----------------------------------------------------------------------
 
 
@@ -156,31 +216,34 @@ class SampleCounter:
         return self._ids[asset]
 
     def fingerprint(self, asset: str, start_ns: int, end_ns: int) -> tuple[int, int]:
-        """(samples, a checksum of their times) of ``asset`` in ``[start_ns, end_ns)``: one
-        pass over the index, much cheaper than counting per bucket."""
+        """(samples, a checksum of their counts per bucket) of ``asset`` in
+        ``[start_ns, end_ns)``. The store only adds samples (a repeated time is dropped) or
+        removes them (retention), so the counts per bucket, weighted by the bucket's
+        position, change whenever the data does; rewriting chunks without changing their
+        samples (compaction) leaves it as it was."""
         ids = self._series_ids(asset)
-        if not ids:
+        if self._conn is None or not ids:
             return (0, 0)
-        marks = ",".join("?" * len(ids))
-        rows = self._rows(
-            f"SELECT COUNT(*), SUM(ts_ns % 1000003) FROM samples WHERE series_id IN ({marks}) "
-            "AND ts_ns >= ? AND ts_ns < ?",
-            (*ids, start_ns, end_ns),
-        )
-        return (int(rows[0][0]), int(rows[0][1] or 0)) if rows else (0, 0)
+        conn = self._conn
+        return self._read(lambda: count_fingerprint(conn, ids, start_ns, end_ns), (0, 0))
 
     def counts(self, asset: str, start_ns: int, end_ns: int) -> dict[int, int]:
         """Bucket start -> samples (all signals of ``asset``) in ``[start_ns, end_ns)``."""
         ids = self._series_ids(asset)
-        if not ids:
+        if self._conn is None or not ids:
             return {}
-        marks = ",".join("?" * len(ids))
-        rows = self._rows(
-            f"SELECT ts_ns / {BUCKET_NS}, COUNT(*) FROM samples WHERE series_id IN ({marks}) "
-            "AND ts_ns >= ? AND ts_ns < ? GROUP BY 1",
-            (*ids, start_ns, end_ns),
-        )
-        return {int(b) * BUCKET_NS: int(n) for b, n in rows}
+        conn = self._conn
+        # A chunk lies inside one chunk window, and a window is one bucket.
+        none: dict[int, int] = {}
+        return self._read(lambda: window_counts(conn, ids, start_ns, end_ns), none)
+
+    def _read(self, read: Callable[[], _T], empty: _T) -> _T:
+        try:
+            return read()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return empty
+            raise StoreError(f"reading the SQLite store failed: {exc}") from exc
 
 
 class _Prefix:
@@ -316,32 +379,25 @@ class KpiStore:
         ).fetchall()
         return {r[0]: _Marker(r[1], r[2], r[3], bool(r[4])) for r in rows}
 
-    def write(self, machine: str, results: Sequence[BucketResult], counts: _Prefix) -> None:
-        if not results:
+    def write(
+        self, machine: str, batch: BucketBatch, counts: _Prefix, reopen: bool = False
+    ) -> None:
+        """Store the buckets of ``batch`` with their late-data markers and update the hours
+        they fall in. ``reopen``: mark every bucket open (checked again next time)."""
+        if not batch.count:
             return
-        flat = [flatten(r.components, self.layout) for r in results]
-        names = list(dict.fromkeys(k for f in flat for k in f))
+        numbers, sets = _table(batch, self.layout)
+        names = list(numbers)
         self._add_columns(names)
         now = to_ns(utc_now())
-        rows: list[tuple[Any, ...]] = []
-        for r, numbers in zip(results, flat, strict=True):
-            ratios = compute_ratios(r.components)
-            sets = [",".join(sorted(getattr(r.components, s))) for s in self.layout.sets]
-            span = counts.span(r.dep_first_ns, r.dep_last_ns)
-            rows.append(
-                (
-                    machine,
-                    r.start_ns,
-                    int(r.open),
-                    r.dep_first_ns,
-                    r.dep_last_ns,
-                    span,
-                    now,
-                    *(numbers.get(n, 0.0) for n in names),
-                    *(getattr(ratios, n) for n in RATIOS),
-                    *sets,
-                )
-            )
+        marks: list[tuple[Any, ...]] = []
+        for k in range(batch.count):
+            first, last, is_open = batch.deps(k)
+            start = batch.start_ns + k * BUCKET_NS
+            span = counts.span(first, last)
+            marks.append((machine, start, int(is_open or reopen), first, last, span, now))
+        values = zip(*numbers.values(), *_ratio_columns(numbers), *sets, strict=True)
+        rows = [(*m, *v) for m, v in zip(marks, values, strict=True)]
         head = ["machine", "start_ns", "open", "dep_first_ns", "dep_last_ns", "dep_count"]
         head += ["computed_ns", *names, *RATIOS, *self.layout.sets]
         sql = (
@@ -349,7 +405,7 @@ class KpiStore:
             f"VALUES ({', '.join('?' * len(head))})"
         )
         self._conn.executemany(sql, rows)
-        self._sum_hours(machine, results[0].start_ns, results[-1].start_ns + BUCKET_NS)
+        self._sum_hours(machine, batch.start_ns, batch.start_ns + batch.count * BUCKET_NS)
         self._conn.commit()
 
     def _sum_hours(self, machine: str, start_ns: int, end_ns: int) -> None:
@@ -418,36 +474,57 @@ class KpiStore:
         for i, (a, z) in enumerate(periods):
             ha, hz = -((-a) // HOUR_NS) * HOUR_NS, z - z % HOUR_NS
             if ha >= hz:
-                parts += [(b, i) for b in range(a, z, BUCKET_NS)]
+                parts += [(i, b) for b in range(a, z, BUCKET_NS)]
                 continue
-            hours += [(h, i) for h in range(ha, hz, HOUR_NS)]
-            parts += [(b, i) for b in range(a, ha, BUCKET_NS)]
-            parts += [(b, i) for b in range(hz, z, BUCKET_NS)]
-        for table, rows_ in (("_hmap", hours), ("_bmap", parts)):
+            hours += [(i, h) for h in range(ha, hz, HOUR_NS)]
+            parts += [(i, b) for b in range(a, ha, BUCKET_NS)]
+            parts += [(i, b) for b in range(hz, z, BUCKET_NS)]
+        c.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS _sum_machines (pos INTEGER PRIMARY KEY, machine)"
+        )
+        c.execute("DELETE FROM _sum_machines")
+        c.executemany("INSERT INTO _sum_machines VALUES (?, ?)", list(enumerate(machines)))
+        # Machines, then periods, then starts in key order: the rows arrive grouped, so
+        # SQLite sums them as they come instead of sorting them first.
+        select = [f"SUM(k.{_q(n)})" for n in numbers]
+        select += [f"GROUP_CONCAT(DISTINCT k.{_q(s)})" for s in self.layout.sets]
+        found: dict[tuple[str, int], list[Any]] = {}
+        n = len(numbers)
+        for table, map_table, starts in (
+            (HOURS, "_sum_hours", hours),
+            (TABLE, "_sum_buckets", parts),
+        ):
+            if not starts:
+                continue
             c.execute(
-                f"CREATE TEMP TABLE IF NOT EXISTS {table} (start_ns INTEGER PRIMARY KEY, idx)"
+                f"CREATE TEMP TABLE IF NOT EXISTS {map_table} (idx INTEGER NOT NULL, "
+                "start_ns INTEGER NOT NULL, PRIMARY KEY (idx, start_ns)) WITHOUT ROWID"
             )
-            c.execute(f"DELETE FROM {table}")
-            c.executemany(f"INSERT OR IGNORE INTO {table} VALUES (?, ?)", rows_)
-        cols = ", ".join(f"k.{_q(n)}" for n in [*numbers, *self.layout.sets])
-        select = [f"SUM({_q(n)})" for n in numbers]
-        select += [f"GROUP_CONCAT(DISTINCT {_q(s)})" for s in self.layout.sets]
-        marks = ",".join("?" * len(machines))
-        rows = c.execute(
-            f"SELECT machine, idx, {', '.join(select)} FROM ("
-            f"SELECT k.machine, m.idx, {cols} FROM {HOURS} k "
-            f"JOIN _hmap m ON m.start_ns = k.start_ns WHERE k.machine IN ({marks}) "
-            f"UNION ALL SELECT k.machine, m.idx, {cols} FROM {TABLE} k "
-            f"JOIN _bmap m ON m.start_ns = k.start_ns WHERE k.machine IN ({marks})"
-            ") GROUP BY machine, idx",
-            (*machines, *machines),
-        ).fetchall()
+            c.execute(f"DELETE FROM {map_table}")
+            c.executemany(f"INSERT OR IGNORE INTO {map_table} VALUES (?, ?)", starts)
+            rows = c.execute(
+                f"SELECT mm.machine, m.idx, {', '.join(select)} FROM _sum_machines mm "
+                f"CROSS JOIN {map_table} m CROSS JOIN {table} k "
+                "WHERE k.machine = mm.machine AND k.start_ns = m.start_ns "
+                "GROUP BY mm.pos, m.idx"
+            ).fetchall()
+            for row in rows:
+                key = (row[0], row[1])
+                values = list(row[2:])
+                seen = found.get(key)
+                if seen is None:
+                    found[key] = values
+                    continue
+                # Whole hours and loose buckets of one period: add the two sums.
+                for i in range(n):
+                    seen[i] = (seen[i] or 0.0) + (values[i] or 0.0)
+                for i in range(n, len(values)):
+                    seen[i] = ",".join(x for x in (seen[i], values[i]) if x)
         build = _Unflattener(numbers, self.layout)
         out: dict[tuple[str, int], OeeComponents] = {}
-        n = len(numbers)
-        for row in rows:
-            sets = {s: (row[2 + n + i] or "").split(",") for i, s in enumerate(self.layout.sets)}
-            out[(row[0], row[1])] = build(row[2 : 2 + n], sets)
+        for key, values in found.items():
+            sets = {s: (values[n + i] or "").split(",") for i, s in enumerate(self.layout.sets)}
+            out[key] = build(values[:n], sets)
         return out
 
 
@@ -543,21 +620,22 @@ def _refresh_machine(
     if not dirty:
         return
     lo, hi = dirty[0], dirty[-1] + BUCKET_NS
-    before = counter.counts(ref.path, lo, hi)
-    results = machine_buckets(source, ref, lo, hi, max_gap_s)
-    first = min((r.dep_first_ns for r in results), default=lo)
-    last = max((r.dep_last_ns for r in results), default=lo)
+    before = counter.fingerprint(ref.path, lo, hi)
+    batch = bucket_batch(source, ref, lo, hi, max_gap_s)
+    deps = [batch.deps(k) for k in range(batch.count)]
+    first = min((d[0] for d in deps), default=lo)
+    last = max((d[1] for d in deps), default=lo)
     c_lo, c_hi = floor_bucket(min(first, lo)), floor_bucket(max(last, hi - 1)) + BUCKET_NS
     counts = counter.counts(ref.path, c_lo, c_hi)
-    if any(counts.get(b, 0) != n for b, n in before.items()):
-        # Samples arrived while computing: keep the values but check them next time.
-        results = [_reopen(r) for r in results]
-    store.write(ref.path, results, _Prefix(counts, c_lo, c_hi))
+    # Samples arrived while computing: keep the values but check them next time.
+    reopen = counter.fingerprint(ref.path, lo, hi) != before
+    store.write(ref.path, batch, _Prefix(counts, c_lo, c_hi), reopen)
     if sink is not None:
-        sink(ref, results)
-    stats.recomputed += len(results)
+        results = batch.as_results()
+        sink(ref, [_reopen(r) for r in results] if reopen else results)
+    stats.recomputed += batch.count
     stats.late += late
-    logger.debug("%s: recomputed %d bucket(s), %d after late data", ref.path, len(results), late)
+    logger.debug("%s: recomputed %d bucket(s), %d after late data", ref.path, batch.count, late)
 
 
 def _reopen(r: BucketResult) -> BucketResult:

@@ -9,26 +9,41 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
+from itertools import repeat
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from karkhana.errors import StoreError
 from karkhana.models import Quality
-from karkhana.storage.sqlite_schema import QUALITY_NAMES, connect, decode_value
+from karkhana.storage.sqlite_chunks import (
+    Run,
+    latest_before,
+    read_range,
+    read_times,
+    windows_before,
+    windows_from,
+)
+from karkhana.storage.sqlite_schema import QUALITY_NAMES, connect
 from services.kpi.source import Point
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _QUALITIES = {code: Quality(name) for code, name in QUALITY_NAMES.items()}
-_FETCH = 2048
+_new_point = partial(tuple.__new__, Point)
 
 
-def _point(row: tuple[Any, ...]) -> Point:
-    ts_ns, raw, vtype, quality = row
-    return Point(ts_ns, decode_value(raw, vtype), _QUALITIES.get(quality, Quality.BAD))
+def _points(run: Run) -> list[Point]:
+    # tuple.__new__ over zip builds the points without a Python-level call per sample
+    # (Point's own __new__ is one): a month of a machine's samples is a million points.
+    if run.qualities is None:
+        return list(map(_new_point, zip(run.ts, run.values, repeat(Quality.GOOD))))
+    qualities = [_QUALITIES.get(q, Quality.BAD) for q in run.qualities]
+    return list(map(_new_point, zip(run.ts, run.values, qualities, strict=True)))
 
 
 def _missing_schema(exc: sqlite3.Error) -> bool:
@@ -75,13 +90,21 @@ class SqliteReader:
                 return []
             raise StoreError(f"reading the SQLite store {self.path} failed: {exc}") from exc
 
-    def _iterate(self, sql: str, params: Sequence[Any]) -> Iterator[tuple[Any, ...]]:
+    def _read(self, read: Callable[[sqlite3.Connection], T], empty: T) -> T:
+        if self._conn is None:
+            return empty
+        try:
+            return read(self._conn)
+        except sqlite3.Error as exc:
+            if _missing_schema(exc):
+                return empty
+            raise StoreError(f"reading the SQLite store {self.path} failed: {exc}") from exc
+
+    def _iterate(self, runs: Callable[[sqlite3.Connection], Iterator[Run]]) -> Iterator[Run]:
         if self._conn is None:
             return
         try:
-            cursor = self._conn.execute(sql, params)
-            while rows := cursor.fetchmany(_FETCH):
-                yield from rows
+            yield from runs(self._conn)
         except sqlite3.Error as exc:
             if _missing_schema(exc):
                 return
@@ -108,61 +131,42 @@ class SqliteReader:
         sid = self.series_id(asset, signal)
         if sid is None:
             return []
-        rows = self._query(
-            "SELECT ts_ns, value, vtype, quality FROM samples "
-            "WHERE series_id = ? AND ts_ns >= ? AND ts_ns < ? ORDER BY ts_ns",
-            (sid, start_ns, end_ns),
-        )
-        return [_point(r) for r in rows]
+        return _points(self._read(lambda c: read_range(c, sid, start_ns, end_ns), Run([], [])))
 
     def points_before(self, asset: str, signal: str, before_ns: int) -> Iterator[Point]:
         sid = self.series_id(asset, signal)
         if sid is None:
             return iter(())
-        rows = self._iterate(
-            "SELECT ts_ns, value, vtype, quality FROM samples "
-            "WHERE series_id = ? AND ts_ns < ? ORDER BY ts_ns DESC",
-            (sid, before_ns),
-        )
-        return (_point(r) for r in rows)
+        runs = self._iterate(lambda c: windows_before(c, sid, before_ns))
+        return (p for run in runs for p in reversed(_points(run)))
 
     def points_from(self, asset: str, signal: str, from_ns: int) -> Iterator[Point]:
         sid = self.series_id(asset, signal)
         if sid is None:
             return iter(())
-        rows = self._iterate(
-            "SELECT ts_ns, value, vtype, quality FROM samples "
-            "WHERE series_id = ? AND ts_ns >= ? ORDER BY ts_ns",
-            (sid, from_ns),
-        )
-        return (_point(r) for r in rows)
+        runs = self._iterate(lambda c: windows_from(c, sid, from_ns))
+        return (p for run in runs for p in _points(run))
 
     def sample_times(self, asset: str, start_ns: int, end_ns: int) -> list[int]:
         ids = self.asset_series(asset)
         if not ids:
             return []
         previous: int | None = None
+        times: set[int] = set()
         for sid in ids:
-            rows = self._query(
-                "SELECT ts_ns FROM samples WHERE series_id = ? AND ts_ns < ? "
-                "ORDER BY ts_ns DESC LIMIT 1",
-                (sid, start_ns),
+            before = self._read(partial(latest_before, series_id=sid, before_ns=start_ns), None)
+            if before is not None and (previous is None or before > previous):
+                previous = before
+            times.update(
+                self._read(partial(read_times, series_id=sid, start_ns=start_ns, end_ns=end_ns), [])
             )
-            if rows and (previous is None or rows[0][0] > previous):
-                previous = int(rows[0][0])
-        marks = ",".join("?" * len(ids))
-        rows = self._query(
-            f"SELECT DISTINCT ts_ns FROM samples WHERE series_id IN ({marks}) "
-            "AND ts_ns >= ? AND ts_ns < ? ORDER BY ts_ns",
-            (*ids, start_ns, end_ns),
-        )
-        times = [r[0] for r in rows]
-        return [previous, *times] if previous is not None else times
+        ordered = sorted(times)
+        return [previous, *ordered] if previous is not None else ordered
 
     # --- health -----------------------------------------------------------------------
 
     def sample_count(self) -> int:
-        rows = self._query("SELECT COUNT(*) FROM samples")
+        rows = self._query("SELECT COALESCE(SUM(n), 0) FROM sample_chunks")
         return int(rows[0][0]) if rows else 0
 
     # --- dead letters -----------------------------------------------------------------

@@ -2,23 +2,37 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import Protocol
 
+from gateway.columns import SeriesRun, runs_from_samples
 from gateway.deadletters import DeadLetter
 from gateway.decode import NormalizedSample
 
 
 @dataclass(slots=True)
 class Batch:
-    """What one transaction writes."""
+    """What one transaction writes.
 
-    samples: list[NormalizedSample] = field(default_factory=list)
+    ``runs`` holds the samples per series; ``Batch(samples=[...])`` groups a list of
+    samples into runs (for callers that have single samples).
+    """
+
+    runs: list[SeriesRun] = field(default_factory=list)
     high_water: dict[str, int] = field(default_factory=dict)
     """Per agent, the highest envelope ``seq`` in this batch."""
     dead_letters: list[DeadLetter] = field(default_factory=list)
     received_ns: int = 0
     """When the batch is committed (Unix ns), recorded with the high-water marks."""
+    samples: InitVar[list[NormalizedSample] | None] = None
+
+    def __post_init__(self, samples: list[NormalizedSample] | None) -> None:
+        if samples:
+            self.runs.extend(runs_from_samples(samples))
+
+    @property
+    def sample_count(self) -> int:
+        return sum(len(run) for run in self.runs)
 
 
 @dataclass(frozen=True, slots=True)

@@ -198,12 +198,15 @@ class InfluxStore:
         lines: list[str] = []
         seen: set[tuple[str, str, int]] = set()
         line = self._lines.line
-        for s in batch.samples:
-            key = (s.asset, s.signal, s.ts_ns)
-            if key in seen:
-                continue  # first one wins inside a batch, as in the SQLite store
-            seen.add(key)
-            lines.append(line(s.asset, s.signal, s.ts_ns, s.value, s.quality, s.unit))
+        total = 0
+        for run in batch.runs:
+            total += len(run)
+            for s in run.samples():
+                key = (s.asset, s.signal, s.ts_ns)
+                if key in seen:
+                    continue  # first one wins inside a batch, as in the SQLite store
+                seen.add(key)
+                lines.append(line(s.asset, s.signal, s.ts_ns, s.value, s.quality, s.unit))
         dropped = 0
         for start in range(0, len(lines), LINES_PER_REQUEST):
             dropped += self._send(lines[start : start + LINES_PER_REQUEST])
@@ -225,7 +228,7 @@ class InfluxStore:
             )
         return WriteResult(
             samples_written=len(lines) - dropped,
-            samples_duplicate=len(batch.samples) - len(lines),
+            samples_duplicate=total - len(lines),
         )
 
     def _send(self, lines: list[str]) -> int:

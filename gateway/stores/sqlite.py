@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from gateway.stores.base import Batch, WriteResult
 from karkhana.errors import StoreError
-from karkhana.storage.sqlite_schema import QUALITY_CODES, ValueType, connect, encode_value
+from karkhana.storage.sqlite_chunks import ChunkWriter
+from karkhana.storage.sqlite_schema import connect, has_v1_samples, migrate
 
 log = logging.getLogger(__name__)
 
@@ -19,17 +22,6 @@ CACHE_MIB = 32
 """SQLite page cache of the writer's connection: with many series, each batch touches one
 B-tree leaf per series; the default 2 MiB cache would re-read them from the OS every batch."""
 
-# sqlite3 binds bool as an integer (0/1), so the value needs no conversion; only the type code.
-_VTYPES: dict[type, int] = {
-    float: int(ValueType.FLOAT),
-    int: int(ValueType.INT),
-    bool: int(ValueType.BOOL),
-    str: int(ValueType.STR),
-}
-
-_INSERT_SAMPLE = (
-    "INSERT OR IGNORE INTO samples (series_id, ts_ns, value, vtype, quality) VALUES (?, ?, ?, ?, ?)"
-)
 _UPSERT_SERIES = (
     "INSERT INTO series (asset, signal, unit) VALUES (?, ?, ?) "
     "ON CONFLICT (asset, signal) DO UPDATE SET unit = coalesce(excluded.unit, series.unit) "
@@ -53,6 +45,7 @@ class SqliteStore:
     def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
         self._conn = conn
         self.path = path
+        self._chunks = ChunkWriter(conn)
         # (asset, signal) -> (series id, unit); only committed rows.
         self._series: dict[tuple[str, str], tuple[int, str | None]] = {}
 
@@ -65,6 +58,14 @@ class SqliteStore:
             conn.execute(f"PRAGMA cache_size = -{CACHE_MIB * 1024}")
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open SQLite store {p}: {exc}") from exc
+        try:
+            if has_v1_samples(conn):
+                log.info("converting %s to chunked samples (schema version 2)", p)
+                moved = migrate(conn, _migration_progress(p))
+                log.info("%s: %d sample(s) converted", p, moved)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StoreError(f"cannot convert the SQLite store {p}: {exc}") from exc
         store = cls(conn, p)
         try:
             for sid, asset, signal, unit in conn.execute(
@@ -84,30 +85,22 @@ class SqliteStore:
 
     def write(self, batch: Batch) -> WriteResult:
         conn = self._conn
+        chunks = self._chunks
         staged: dict[tuple[str, str], tuple[int, str | None]] = {}
+        total = written = 0
         try:
             conn.execute("BEGIN IMMEDIATE")
-            rows: list[tuple[int, int, object, int, int]] = []
-            append = rows.append
+            chunks.begin()
             series = self._series
-            quality_codes = QUALITY_CODES
-            vtypes = _VTYPES
-            for s in batch.samples:
-                # Hot loop: a known series with an unchanged unit is two dict lookups.
-                key = (s.asset, s.signal)
-                entry = (staged.get(key) if staged else None) or series.get(key)
-                unit = s.unit
+            for run in batch.runs:
+                key = (run.asset, run.signal)
+                entry = series.get(key)
+                unit = run.unit
                 if entry is None or (unit is not None and unit != entry[1]):
                     entry = self._stage_series(key, unit, entry, staged)
-                value = s.value
-                vtype = vtypes.get(type(value))
-                if vtype is None:  # a subclass of a value type: normalize it
-                    value, code = encode_value(value)
-                    vtype = int(code)
-                append((entry[0], s.ts_ns, value, vtype, quality_codes[s.quality]))
-            before = conn.total_changes
-            conn.executemany(_INSERT_SAMPLE, rows)
-            written = conn.total_changes - before
+                total += len(run.ts)
+                written += chunks.add(entry[0], run.ts, run.values, run.qualities())
+            chunks.flush()
             if batch.high_water:
                 conn.executemany(
                     _UPSERT_SEQ,
@@ -129,7 +122,7 @@ class SqliteStore:
             self._rollback()
             raise
         series.update(staged)
-        return WriteResult(samples_written=written, samples_duplicate=len(rows) - written)
+        return WriteResult(samples_written=written, samples_duplicate=total - written)
 
     def _stage_series(
         self,
@@ -149,6 +142,7 @@ class SqliteStore:
         return entry
 
     def _rollback(self) -> None:
+        self._chunks.forget()
         try:
             self._conn.rollback()
         except sqlite3.Error as exc:
@@ -159,3 +153,15 @@ class SqliteStore:
             self._conn.close()
         except sqlite3.Error as exc:
             log.warning("closing %s failed: %s", self.path, exc)
+
+
+def _migration_progress(path: Path) -> Callable[[int, int], None]:
+    every = [0.0]
+
+    def report(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done == total or now - every[0] >= 5:
+            every[0] = now
+            log.info("%s: %d of %d series converted", path, done, total)
+
+    return report

@@ -8,10 +8,12 @@ buckets when every shift starts and ends on the grid (``check_grid``); breaks, h
 maintenance windows may fall anywhere, as planned time inside a bucket is exact.
 
 ``machine_buckets`` reads a machine's data for a range of buckets once
-(``load_machine_data``), slices it into what each bucket needs and runs
-``machine_components`` per bucket, so a bucket's components equal a direct computation over
-the bucket's window. Should ``MachineData`` gain a field this module does not slice, it
-falls back to letting the engine read each bucket from an in-memory copy of the samples.
+(``load_machine_data``) and computes every bucket in one pass over it
+(``services.kpi.sweep``), each exactly what ``machine_components`` gives for that bucket
+alone. The engine run per bucket stays as the reference: on each bucket's slice of the data
+(``_sliced_buckets``, also used for the few buckets the sweep leaves to it) or reading each
+bucket itself from an in-memory copy of the samples (``_engine_buckets``, also the fallback
+should ``MachineData`` gain a field the sweep does not know).
 Each bucket also reports the span of raw data its value rests on (``dep_first_ns`` ..
 ``dep_last_ns``), which the bucket store uses to detect late data, and whether a stop event
 was still open at the end of the data (``open``: its value can change as data arrives, so
@@ -33,6 +35,7 @@ from services.kpi.components import OeeComponents
 from services.kpi.engine import MachineData, MachineSpec, load_machine_data, machine_components
 from services.kpi.planned import PlannedTime, planned_ns
 from services.kpi.source import Point, SampleSource
+from services.kpi.sweep import BucketColumns, sweep_buckets
 from services.kpi.timeline import STOP_STATES, canonical_state
 
 BUCKET_S = 900
@@ -257,14 +260,8 @@ def machine_buckets(
 ) -> list[BucketResult]:
     """Components of every bucket of ``[start_ns, end_ns)`` (both on the grid), each exactly
     what ``compute_machine`` gives for that bucket alone. The machine's data for the whole
-    range is read once (``load_machine_data``) and sliced per bucket."""
-    if start_ns % BUCKET_NS or end_ns % BUCKET_NS:
-        raise OffGrid("bucket ranges must start and end on the bucket grid")
-    if {f.name for f in fields(MachineData)} != _SLICED_FIELDS:
-        # The engine needs data this module does not know how to slice: let it read each
-        # bucket itself (slower, always right).
-        return _engine_buckets(source, ref, start_ns, end_ns, max_gap_s)
-    return _sliced_buckets(source, ref, start_ns, end_ns, max_gap_s)
+    range is read once (``load_machine_data``) and walked once (``sweep_buckets``)."""
+    return bucket_batch(source, ref, start_ns, end_ns, max_gap_s).as_results()
 
 
 _SLICED_FIELDS = {
@@ -312,19 +309,24 @@ def _last_good_index(points: Sequence[Point]) -> list[int]:
 
 class _Counter:
     """A counter's samples (baseline first), sliced the way ``load_machine_data`` reads them:
-    the latest non-bad sample before the bucket, then the bucket's samples."""
+    the latest non-bad sample before the bucket, then the bucket's samples. The second value
+    is the earliest sample time read before the bucket: the baseline's or, without one, the
+    earliest bad sample read looking for it (``bad_before``: before ``points``)."""
 
-    def __init__(self, points: Sequence[Point]) -> None:
+    def __init__(self, points: Sequence[Point], bad_before: int | None = None) -> None:
         self.points = points
         self.ts = [p.ts_ns for p in points]
         self.last_good = _last_good_index(points)
+        self.bad_before = bad_before
 
     def slice(self, s: int, e: int) -> tuple[list[Point], int | None]:
         lo, hi = bisect_left(self.ts, s), bisect_left(self.ts, e)
         base = self.last_good[lo - 1] if lo > 0 else -1
         window = list(self.points[lo:hi])
         if base < 0:
-            return window, None
+            if self.bad_before is None and lo > 0:
+                return window, self.ts[0]
+            return window, self.bad_before
         return [self.points[base], *window], self.ts[base]
 
 
@@ -343,65 +345,76 @@ class _Modes:
         return list(self.points[lo - 1 : hi]), self.ts[lo - 1]
 
 
-def _sliced_buckets(
-    source: SampleSource, ref: MachineRef, start_ns: int, end_ns: int, max_gap_s: float
-) -> list[BucketResult]:
-    data = load_machine_data(source, ref, from_ns(start_ns), from_ns(end_ns))
-    spec = MachineSpec.from_ref(ref)
-    states = data.states
-    ts = [p.ts_ns for p in states]
-    stop = [canonical_state(p, spec.state_map) in STOP_STATES for p in states]
-    n = len(states)
-    # back[k]: the latest index <= k that is not a stop state (0 when none), which bounds the
-    # stop event in progress there. fwd[k]: the first index >= k not a stop state (n: none,
-    # the event is open at the end of the data).
-    back, last = [0] * n, 0
-    for k in range(n):
-        if not stop[k]:
-            last = k
-        back[k] = last
-    fwd, nxt = [n] * (n + 1), n
-    for k in range(n - 1, -1, -1):
-        if not stop[k]:
-            nxt = k
-        fwd[k] = nxt
-    reach_ns = round(ref.startup_window_s * 1e9)
-    totals, rejects = _Counter(data.total_counts), _Counter(data.reject_counts)
-    energy, modes = _Counter(data.energy_counts), _Modes(data.modes)
-    times = list(data.sample_times)
-    planned = PlannedTime(data.planned)
-    p_starts = [a for a, _ in sorted(data.planned)]
-    p_ends = [b for _, b in sorted(data.planned)]
-    shift_time = (
-        PlannedTime(planned_ns(ref.site, from_ns(start_ns), from_ns(end_ns)))
-        if data.maintenance_ns
-        else None
-    )
-    out: list[BucketResult] = []
-    for s in range(start_ns, end_ns, BUCKET_NS):
+class _Slicer:
+    """A machine's data for a range (``load_machine_data``), sliced into what the engine
+    reads for one bucket of it: the reference computation of a bucket."""
+
+    def __init__(
+        self,
+        data: MachineData,
+        ref: MachineRef,
+        bad_before: tuple[int | None, int | None, int | None] = (None, None, None),
+    ) -> None:
+        self.data = data
+        self.spec = MachineSpec.from_ref(ref)
+        states = data.states
+        self.ts = [p.ts_ns for p in states]
+        self.stop = stop = [canonical_state(p, self.spec.state_map) in STOP_STATES for p in states]
+        n = self.n = len(states)
+        # back[k]: the latest index <= k that is not a stop state (0 when none), which bounds
+        # the stop event in progress there. fwd[k]: the first index >= k not a stop state (n:
+        # none, the event is open at the end of the data).
+        self.back, last = [0] * n, 0
+        for k in range(n):
+            if not stop[k]:
+                last = k
+            self.back[k] = last
+        self.fwd, nxt = [n] * (n + 1), n
+        for k in range(n - 1, -1, -1):
+            if not stop[k]:
+                nxt = k
+            self.fwd[k] = nxt
+        self.reach_ns = round(ref.startup_window_s * 1e9)
+        self.totals = _Counter(data.total_counts, bad_before[0])
+        self.rejects = _Counter(data.reject_counts, bad_before[1])
+        self.energy, self.modes = _Counter(data.energy_counts, bad_before[2]), _Modes(data.modes)
+        self.times = list(data.sample_times)
+        self.planned = PlannedTime(data.planned)
+        self.p_starts = [a for a, _ in sorted(data.planned)]
+        self.p_ends = [b for _, b in sorted(data.planned)]
+        start, end = from_ns(data.start_ns), from_ns(data.end_ns)
+        self.shift_time = (
+            PlannedTime(planned_ns(ref.site, start, end)) if data.maintenance_ns else None
+        )
+
+    def bucket(self, s: int, max_gap_s: float) -> BucketResult:
         e = s + BUCKET_NS
+        ts, stop, n = self.ts, self.stop, self.n
         lo, hi = bisect_left(ts, s), bisect_left(ts, e)
         # As stop_event_bounds: back to a non-stop sample at or before s - startup window.
-        k0 = min(lo - 1, bisect_right(ts, s - reach_ns) - 1)
-        first = back[k0] if k0 >= 0 else 0
+        k0 = min(lo - 1, bisect_right(ts, s - self.reach_ns) - 1)
+        first = self.back[k0] if k0 >= 0 else 0
         is_open = False
         if hi > first and stop[hi - 1]:
-            is_open = fwd[hi] >= n
-            last_idx = min(fwd[hi], n - 1)
+            is_open = self.fwd[hi] >= n
+            last_idx = min(self.fwd[hi], n - 1)
         else:
             last_idx = hi - 1
-        bucket_states = states[first : last_idx + 1]
-        total_pts, total_base = totals.slice(s, e)
-        reject_pts, reject_base = rejects.slice(s, e)
-        energy_pts, energy_base = energy.slice(s, e)
-        mode_pts, mode_base = modes.slice(s, e)
+        bucket_states = self.data.states[first : last_idx + 1]
+        total_pts, total_base = self.totals.slice(s, e)
+        reject_pts, reject_base = self.rejects.slice(s, e)
+        energy_pts, energy_base = self.energy.slice(s, e)
+        mode_pts, mode_base = self.modes.slice(s, e)
+        times = self.times
         t_lo, t_hi = bisect_left(times, s), bisect_left(times, e)
         bucket_times = times[max(t_lo - 1, 0) : t_hi]
+        p_starts, p_ends = self.p_starts, self.p_ends
         i_lo, i_hi = bisect_right(p_ends, s), bisect_left(p_starts, e)
         bucket_planned = [
             (max(a, s), min(b, e))
             for a, b in zip(p_starts[i_lo:i_hi], p_ends[i_lo:i_hi], strict=True)
         ]
+        shift_time, planned = self.shift_time, self.planned
         maintenance = shift_time.overlap(s, e) - planned.overlap(s, e) if shift_time else 0
         sub = MachineData(
             start_ns=s,
@@ -422,10 +435,115 @@ def _sliced_buckets(
         deps += [t for t in bases if t is not None]
         if bucket_times:
             deps.append(bucket_times[0])
-        out.append(
-            BucketResult(s, machine_components(sub, spec, max_gap_s), min(deps), max(deps), is_open)
+        components = machine_components(sub, self.spec, max_gap_s)
+        return BucketResult(s, components, min(deps), max(deps), is_open)
+
+
+def _sliced_buckets(
+    source: SampleSource, ref: MachineRef, start_ns: int, end_ns: int, max_gap_s: float
+) -> list[BucketResult]:
+    """Reference: the engine run on each bucket's slice of the range's data."""
+    data = load_machine_data(source, ref, from_ns(start_ns), from_ns(end_ns))
+    slicer = _Slicer(data, ref, _bad_before_counters(source, ref, data, start_ns))
+    return [slicer.bucket(s, max_gap_s) for s in range(start_ns, end_ns, BUCKET_NS)]
+
+
+def swept_columns(
+    source: SampleSource, ref: MachineRef, start_ns: int, end_ns: int, max_gap_s: float
+) -> tuple[BucketColumns, dict[int, BucketResult]]:
+    """Every bucket of ``[start_ns, end_ns)`` in one pass (``sweep_buckets``), plus the
+    buckets the sweep leaves to the engine (index -> result)."""
+    data = load_machine_data(source, ref, from_ns(start_ns), from_ns(end_ns))
+    shifts = (
+        planned_ns(ref.site, from_ns(start_ns), from_ns(end_ns)) if data.maintenance_ns else None
+    )
+    bad_before = _bad_before_counters(source, ref, data, start_ns)
+    columns = sweep_buckets(data, MachineSpec.from_ref(ref), max_gap_s, shifts, bad_before)
+    redone: dict[int, BucketResult] = {}
+    if columns.redo:
+        slicer = _Slicer(data, ref, bad_before)
+        for k in columns.redo:
+            redone[k] = slicer.bucket(start_ns + k * BUCKET_NS, max_gap_s)
+    return columns, redone
+
+
+def _bad_before(
+    source: SampleSource, asset: str, signal: str | None, points: Sequence[Point], start_ns: int
+) -> int | None:
+    """The earliest sample of a counter before ``start_ns`` when it has no good baseline
+    there (all its earlier samples are bad; the engine reads them all looking for one)."""
+    if signal is None or (points and points[0].ts_ns < start_ns):
+        return None
+    earliest = None
+    for p in source.points_before(asset, signal, start_ns):
+        earliest = p.ts_ns
+    return earliest
+
+
+def _bad_before_counters(
+    source: SampleSource, ref: MachineRef, data: MachineData, start_ns: int
+) -> tuple[int | None, int | None, int | None]:
+    signals = ref.machine.signals
+    return (
+        _bad_before(source, ref.path, signals.total_count, data.total_counts, start_ns),
+        _bad_before(source, ref.path, signals.reject_count, data.reject_counts, start_ns),
+        _bad_before(source, ref.path, signals.energy, data.energy_counts, start_ns),
+    )
+
+
+@dataclass(slots=True)
+class BucketBatch:
+    """The buckets of ``[start_ns, start_ns + count * BUCKET_NS)``: ``columns`` from the
+    sweep, and whole results (by bucket index) for those computed apart, which is all of
+    them when ``columns`` is None."""
+
+    start_ns: int
+    count: int
+    columns: BucketColumns | None
+    results: dict[int, BucketResult]
+
+    def result(self, k: int) -> BucketResult:
+        done = self.results.get(k)
+        if done is not None:
+            return done
+        columns = self.columns
+        assert columns is not None, "a bucket is either swept or computed apart"
+        return BucketResult(
+            self.start_ns + k * BUCKET_NS,
+            columns.components(k),
+            columns.dep_first_ns[k],
+            columns.dep_last_ns[k],
+            columns.open[k],
         )
-    return out
+
+    def as_results(self) -> list[BucketResult]:
+        return [self.result(k) for k in range(self.count)]
+
+    def deps(self, k: int) -> tuple[int, int, bool]:
+        """``dep_first_ns``, ``dep_last_ns`` and ``open`` of bucket ``k``."""
+        done = self.results.get(k)
+        if done is not None:
+            return done.dep_first_ns, done.dep_last_ns, done.open
+        columns = self.columns
+        assert columns is not None, "a bucket is either swept or computed apart"
+        return columns.dep_first_ns[k], columns.dep_last_ns[k], columns.open[k]
+
+
+def bucket_batch(
+    source: SampleSource, ref: MachineRef, start_ns: int, end_ns: int, max_gap_s: float
+) -> BucketBatch:
+    """Every bucket of ``[start_ns, end_ns)`` (on the grid), each exactly what
+    ``compute_machine`` gives for that bucket alone, as columns where possible."""
+    if start_ns % BUCKET_NS or end_ns % BUCKET_NS:
+        raise OffGrid("bucket ranges must start and end on the bucket grid")
+    count = (end_ns - start_ns) // BUCKET_NS
+    if {f.name for f in fields(MachineData)} != _SLICED_FIELDS:
+        # The engine needs data the sweep does not know: let it read each bucket itself
+        # (slower, always right).
+        results = _engine_buckets(source, ref, start_ns, end_ns, max_gap_s)
+        return BucketBatch(start_ns, count, None, dict(enumerate(results)))
+    columns, redone = swept_columns(source, ref, start_ns, end_ns, max_gap_s)
+    return BucketBatch(start_ns, count, columns, redone)
 
 
 def bucket_range(start: datetime, end: datetime) -> tuple[int, int]:

@@ -9,7 +9,8 @@ from pathlib import Path
 import yaml
 
 from karkhana.models import SampleValue, to_ns
-from karkhana.storage.sqlite_schema import QUALITY_CODES, connect, encode_value
+from karkhana.storage.sqlite_chunks import ChunkWriter
+from karkhana.storage.sqlite_schema import QUALITY_CODES, connect
 
 Row = tuple[str, str, datetime, SampleValue] | tuple[str, str, datetime, SampleValue, str]
 
@@ -55,30 +56,33 @@ def write_factory(
 
 
 def write_samples(db: Path, rows: Iterable[Row]) -> int:
-    """Store samples the way the gateway does (schema contract); returns rows written."""
+    """Store samples the way the gateway does (schema contract): a repeated (series, ts)
+    keeps the first value. Returns the rows given."""
     conn = connect(db)
-    written = 0
+    given = 0
     try:
-        series: dict[tuple[str, str], int] = {}
+        per_series: dict[tuple[str, str], tuple[list[int], list[SampleValue], list[int]]] = {}
         for row in rows:
             asset, signal, ts, value = row[:4]
             quality = row[4] if len(row) == 5 else "good"
-            key = (asset, signal)
-            if key not in series:
-                conn.execute(
-                    "INSERT OR IGNORE INTO series (asset, signal) VALUES (?, ?)", (asset, signal)
-                )
-                series[key] = conn.execute(
-                    "SELECT id FROM series WHERE asset = ? AND signal = ?", key
-                ).fetchone()[0]
-            raw, vtype = encode_value(value)
+            run = per_series.setdefault((asset, signal), ([], [], []))
+            run[0].append(to_ns(ts))
+            run[1].append(value)
+            run[2].append(QUALITY_CODES[quality])
+            given += 1
+        conn.execute("BEGIN IMMEDIATE")
+        chunks = ChunkWriter(conn)
+        chunks.begin()
+        for (asset, signal), (ts_ns, values, qualities) in per_series.items():
             conn.execute(
-                "INSERT OR IGNORE INTO samples (series_id, ts_ns, value, vtype, quality) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (series[key], to_ns(ts), raw, int(vtype), QUALITY_CODES[quality]),
+                "INSERT OR IGNORE INTO series (asset, signal) VALUES (?, ?)", (asset, signal)
             )
-            written += 1
+            (sid,) = conn.execute(
+                "SELECT id FROM series WHERE asset = ? AND signal = ?", (asset, signal)
+            ).fetchone()
+            chunks.add(sid, ts_ns, values, qualities if any(qualities) else None)
+        chunks.flush()
         conn.commit()
     finally:
         conn.close()
-    return written
+    return given

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -32,6 +31,7 @@ from edge.buffer import DropCounts
 from gateway.service import Gateway
 from gateway.settings import GatewaySettings
 from tests.helpers.servers import Mosquitto, async_wait_until, run_mosquitto
+from tests.helpers.stored import stored_count, stored_samples
 
 pytestmark = [pytest.mark.integration]
 
@@ -145,22 +145,7 @@ async def gateway(broker: Mosquitto, db: Path) -> AsyncIterator[Gateway]:
 
 
 def stored(db: Path) -> list[tuple[str, str, int, Any]]:
-    with contextlib.closing(sqlite3.connect(db)) as conn:
-        return conn.execute(
-            "SELECT s.asset, s.signal, x.ts_ns, x.value FROM samples x "
-            "JOIN series s ON s.id = x.series_id"
-        ).fetchall()
-
-
-def stored_count(db: Path) -> int:
-    if not db.exists():
-        return 0
-    with contextlib.closing(sqlite3.connect(db)) as conn:
-        try:
-            (n,) = conn.execute("SELECT count(*) FROM samples").fetchone()
-        except sqlite3.OperationalError:  # schema not created yet
-            return 0
-    return int(n)
+    return [(r.asset, r.signal, r.ts_ns, r.value) for r in stored_samples(db)]
 
 
 def assert_exactly_once(db: Path, publisher: SensorPublisher) -> None:

@@ -25,6 +25,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from gateway import Gateway, GatewaySettings
 from tests.helpers.hostile import Case, Expected, HostileGenerator, topic_of
 from tests.helpers.servers import Mosquitto, async_wait_until
+from tests.helpers.stored import stored_samples
 
 pytestmark = pytest.mark.integration
 
@@ -94,15 +95,8 @@ async def running(config: GatewaySettings) -> AsyncIterator[tuple[Gateway, async
             await asyncio.gather(task, return_exceptions=True)
 
 
-def stored_rows(db: Path) -> list[tuple[str, str, int, object, int, int]]:
-    conn = sqlite3.connect(db)
-    try:
-        return conn.execute(
-            "SELECT s.asset, s.signal, p.ts_ns, p.value, p.vtype, p.quality "
-            "FROM samples p JOIN series s ON s.id = p.series_id"
-        ).fetchall()
-    finally:
-        conn.close()
+def stored_rows(db: Path) -> list[tuple[str, str, int, object, int]]:
+    return [(r.asset, r.signal, r.ts_ns, r.value, r.quality) for r in stored_samples(db)]
 
 
 def dead_letter_rows(db: Path) -> list[tuple[str, str, bytes, int]]:
@@ -115,21 +109,13 @@ def dead_letter_rows(db: Path) -> list[tuple[str, str, bytes, int]]:
         conn.close()
 
 
-def as_row(e: Expected) -> tuple[str, str, int, object, int, int]:
-    """How the store contract keeps a sample: vtype 0 float, 1 int, 2 bool (0/1), 3 str."""
-    raw: object
-    if isinstance(e.value, bool):
-        raw, vtype = int(e.value), 2
-    elif isinstance(e.value, int):
-        raw, vtype = e.value, 1
-    elif isinstance(e.value, float):
-        raw, vtype = e.value, 0
-    else:
-        raw, vtype = e.value, 3
-    return (e.asset, e.signal, e.ts_ns, raw, vtype, QUALITY_CODES[e.quality])
+def as_row(e: Expected) -> tuple[str, str, int, object, int]:
+    """How the store keeps a sample: its value with its type, quality 0 good, 1 uncertain,
+    2 bad."""
+    return (e.asset, e.signal, e.ts_ns, e.value, QUALITY_CODES[e.quality])
 
 
-def comparable(row: tuple[str, str, int, object, int, int]) -> tuple[object, ...]:
+def comparable(row: tuple[str, str, int, object, int]) -> tuple[object, ...]:
     """Tells -0.0 from 0.0 and 1 from 1.0."""
     return (*row[:3], type(row[3]).__name__, repr(row[3]), *row[4:])
 

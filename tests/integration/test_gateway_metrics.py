@@ -75,7 +75,7 @@ async def test_metrics_count_traffic_batches_and_dead_letters(
     assert m[p + "consumer_lag_seconds"] >= 0
     assert m[p + "last_commit_timestamp_seconds"] > 0
     assert m[p + "inbox_messages"] == 0
-    assert m[p + "inbox_samples"] == 0
+    assert m[p + "inbox_bytes"] == 0
 
 
 async def test_metrics_endpoint_is_off_by_default(mosquitto: Mosquitto, tmp_path: Path) -> None:

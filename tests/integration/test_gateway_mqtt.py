@@ -22,6 +22,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from gateway import Gateway, GatewaySettings, GatewayStats
 from services.store import StoredDeadLetter, open_reader
 from tests.helpers.servers import Mosquitto, async_wait_until, free_port, wait_until
+from tests.helpers.stored import stored_samples
 
 pytestmark = pytest.mark.integration
 
@@ -106,16 +107,10 @@ async def running(config: GatewaySettings) -> AsyncIterator[Gateway]:
             await asyncio.gather(task, return_exceptions=True)
 
 
-def stored(db: Path) -> list[tuple[str, int, object, int, int, str | None]]:
-    """(signal, ts_ns, value, vtype, quality, unit) rows, read independently of the gateway."""
-    conn = sqlite3.connect(db)
-    try:
-        return conn.execute(
-            "SELECT s.signal, p.ts_ns, p.value, p.vtype, p.quality, s.unit "
-            "FROM samples p JOIN series s ON s.id = p.series_id ORDER BY s.signal, p.ts_ns"
-        ).fetchall()
-    finally:
-        conn.close()
+def stored(db: Path) -> list[tuple[str, int, object, int, str | None]]:
+    """(signal, ts_ns, value, quality, unit) rows, read independently of the gateway."""
+    rows = sorted(stored_samples(db), key=lambda r: (r.signal, r.ts_ns))
+    return [(r.signal, r.ts_ns, r.value, r.quality, r.unit) for r in rows]
 
 
 def agent_seq(db: Path) -> dict[str, int]:
@@ -155,14 +150,16 @@ async def test_envelopes_are_stored_with_values_types_and_quality(
         assert gateway.stats.samples_written == 5
         assert gateway.stats.dead_letters == 0
     second = 1_000_000_000
-    # vtype 0 float, 1 int, 2 bool, 3 str; quality 0 good, 1 uncertain, 2 bad.
-    assert stored(db) == [
-        ("auto", T10_NS, 0, 2, 2, None),
-        ("count", T10_NS, 42, 1, 0, None),
-        ("count", T10_NS + second, 43, 1, 0, None),
-        ("speed", T10_NS, 12.5, 0, 1, "m/min"),
-        ("state", T10_NS + second + second // 4, "running", 3, 0, None),
+    # quality 0 good, 1 uncertain, 2 bad.
+    rows = stored(db)
+    assert rows == [
+        ("auto", T10_NS, False, 2, None),
+        ("count", T10_NS, 42, 0, None),
+        ("count", T10_NS + second, 43, 0, None),
+        ("speed", T10_NS, 12.5, 1, "m/min"),
+        ("state", T10_NS + second + second // 4, "running", 0, None),
     ]
+    assert [type(row[2]) for row in rows] == [bool, int, int, float, str]
     assert agent_seq(db) == {"edge-1": 1, "edge-2": 17}
 
 

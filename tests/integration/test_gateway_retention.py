@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from gateway import Gateway, GatewaySettings
 from tests.helpers.servers import Mosquitto, async_wait_until
 from tests.helpers.store_builders import Row, write_samples
+from tests.helpers.stored import stored_count
 
 pytestmark = pytest.mark.integration
 
@@ -23,15 +23,7 @@ TIMEOUT = 15.0
 
 
 def count(db: Path, signal: str) -> int:
-    conn = sqlite3.connect(db)
-    try:
-        row = conn.execute(
-            "SELECT count(*) FROM samples p JOIN series s ON s.id = p.series_id WHERE s.signal = ?",
-            (signal,),
-        ).fetchone()
-        return int(row[0])
-    finally:
-        conn.close()
+    return stored_count(db, signal)
 
 
 async def test_gateway_deletes_and_downsamples_old_samples_while_ingesting(

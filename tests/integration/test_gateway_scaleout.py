@@ -8,7 +8,6 @@ import contextlib
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -23,6 +22,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.helpers.servers import Mosquitto, wait_until
+from tests.helpers.stored import stored_count, stored_samples
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -168,25 +168,7 @@ def gateways(
 
 
 def stored(db: Path) -> dict[tuple[str, int], object]:
-    conn = sqlite3.connect(db, timeout=30)
-    try:
-        rows = conn.execute(
-            "SELECT s.signal, p.ts_ns, p.value FROM samples p JOIN series s ON s.id = p.series_id"
-        ).fetchall()
-    finally:
-        conn.close()
-    return {(sig, ts): value for sig, ts, value in rows}
-
-
-def stored_count(db: Path) -> int:
-    try:
-        conn = sqlite3.connect(db, timeout=30)
-        try:
-            return int(conn.execute("SELECT count(*) FROM samples").fetchone()[0])
-        finally:
-            conn.close()
-    except sqlite3.OperationalError:
-        return 0  # schema not created yet
+    return {(r.signal, r.ts_ns): r.value for r in stored_samples(db)}
 
 
 @pytest.mark.parametrize("count", [1, 3], ids=["one-gateway", "three-shared"])

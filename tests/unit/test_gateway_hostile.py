@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from gateway.columns import SampleColumns
 from gateway.decode import DecodeLimits, DecodeResult, EnvelopeDecoder, NormalizedSample
 from tests.helpers.hostile import EPOCH, RECEIVED_NS, Case, Expected, HostileGenerator
 
@@ -67,6 +68,46 @@ def test_mixed_valid_and_hostile_messages_decode_to_their_expected_outcome(rng: 
     decoder = EnvelopeDecoder(DECODER_LIMITS)  # one long-lived decoder, as in the gateway
     for _ in range(20):
         check(decoder, generator.case())
+
+
+@many
+@given(rng=st.randoms(use_true_random=False))
+def test_the_writers_path_checks_and_groups_exactly_as_expected(rng: object) -> None:
+    """The gateway's own path: parse (network side), then the writer's per-sample checks
+    while grouping per series, with its caches kept across messages and batches."""
+    generator = HostileGenerator(rng, max_payload_bytes=LIMIT)  # type: ignore[arg-type]
+    decoder = EnvelopeDecoder(DECODER_LIMITS)
+    columns = SampleColumns(decoder)
+    for batch in range(4):
+        columns.clear()
+        expected: list[Expected] = []
+        for _ in range(8):
+            case = generator.case()
+            result = decoder.parse(case.topic, case.payload, RECEIVED_NS)
+            if result.is_envelope:
+                columns.add(result)  # what the writer does with every valid envelope
+            where = f"{case.kind}: {case.payload[:300]!r}"
+            assert not (result.reason or "").startswith(CATCH_ALL), f"{where}\n{result.reason}"
+            if case.reason is None:
+                assert result.reason is None, f"{where}\n{result.reason}"
+            else:
+                assert result.reason is not None and case.reason in result.reason, where
+                for problem in case.problems:
+                    assert problem in result.reason, f"{where}\n{problem!r} not in {result.reason}"
+            expected += case.stored
+        runs = columns.filled()
+        got = sorted(
+            (s.asset, s.signal, s.ts_ns, typed(s.value), s.quality)
+            for run in runs
+            for s in run.samples()
+        )
+        want = sorted((e.asset, e.signal, e.ts_ns, typed(e.value), e.quality) for e in expected)
+        assert got == want, f"batch {batch}"
+        # A run carries the last unit its series named in the batch.
+        for run in runs:
+            units = [e.unit for e in expected if (e.asset, e.signal) == (run.asset, run.signal)]
+            named = [u for u in units if u is not None]
+            assert run.unit == (named[-1] if named else None)
 
 
 @pytest.mark.parametrize("kind", KINDS)

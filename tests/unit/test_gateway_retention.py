@@ -21,6 +21,7 @@ from services.kpi import compute_machine
 from services.store import open_reader
 from tests.helpers.servers import wait_until
 from tests.helpers.store_builders import Row, write_factory, write_samples
+from tests.helpers.stored import stored_samples
 
 M1 = "plant/a/l/m1"
 DAY = datetime(2024, 5, 6, tzinfo=UTC)
@@ -32,15 +33,7 @@ def ns(ts: datetime) -> int:
 
 
 def rows_of(db: Path, signal: str) -> list[tuple[int, object]]:
-    conn = sqlite3.connect(db)
-    try:
-        return conn.execute(
-            "SELECT p.ts_ns, p.value FROM samples p JOIN series s ON s.id = p.series_id "
-            "WHERE s.signal = ? ORDER BY p.ts_ns",
-            (signal,),
-        ).fetchall()
-    finally:
-        conn.close()
+    return [(r.ts_ns, r.value) for r in stored_samples(db) if r.signal == signal]
 
 
 def at(minutes: float) -> datetime:
@@ -233,4 +226,36 @@ def test_settings_turn_into_a_policy(monkeypatch: pytest.MonkeyPatch) -> None:
     assert policy.downsample_after_days == 7
     assert policy.keeps_raw("spindle_rpm") and policy.keeps_raw("state.code")
     assert not policy.keeps_raw("count_total")  # the patterns replace the defaults
-    assert load_settings().retention_policy().enabled is False
+    defaults = load_settings().retention_policy()
+    assert (defaults.removes_data, defaults.compact_after_s) == (False, 3600.0)
+    assert load_settings(compact_after_s=0).retention_policy().enabled is False
+
+
+def test_compaction_merges_small_chunks_and_keeps_every_sample(tmp_path: Path) -> None:
+    """A slow series gets one chunk per batch; closed windows end up as one chunk each."""
+    db = tmp_path / "store.sqlite"
+    batches = [[(M1, "temp", at(k), 20.0 + k), (M1, "state", at(k), "running")] for k in range(40)]
+    expected: list[tuple[str, int, object]] = []
+    for batch in batches:  # one write per batch, as the gateway does at low rates
+        write_samples(db, batch)
+        expected += [(signal, ns(ts), value) for _, signal, ts, value in batch]
+    chunks_before = chunk_rows(db)
+    assert chunks_before == 80
+    retention = SqliteRetention(db, RetentionPolicy(compact_after_s=600))
+    report = retention.run_once(ns(at(40)) + 3600 * 10**9)
+    # 40 minutes of samples span three 15-minute windows, per signal.
+    assert chunk_rows(db) == 2 * 3
+    assert report.chunks_compacted == chunks_before - 6
+    assert report.removed == 0
+    stored = sorted((r.signal, r.ts_ns, r.value) for r in stored_samples(db))
+    assert stored == sorted(expected)
+    # A second pass has nothing left to do.
+    assert retention.run_once(ns(at(40)) + 3600 * 10**9).chunks_compacted == 0
+
+
+def chunk_rows(db: Path) -> int:
+    conn = sqlite3.connect(db)
+    try:
+        return int(conn.execute("SELECT count(*) FROM sample_chunks").fetchone()[0])
+    finally:
+        conn.close()

@@ -16,20 +16,14 @@ from gateway.stores import Batch, SqliteStore
 from gateway.writer import STOP, BatchWriter, Inbound
 from karkhana.errors import StoreError
 from services.store import StoredDeadLetter, open_reader
+from tests.helpers.stored import StoredSample, stored_samples
 
 ASSET = "lahore/weaving/line-1/loom-03"
 T0 = 1_714_521_600 * 1_000_000_000  # 2024-05-01T00:00:00Z
 
 
-def read_samples(db: Path) -> list[tuple[str, str, int, object, int, int, str | None]]:
-    conn = sqlite3.connect(db)
-    try:
-        return conn.execute(
-            "SELECT s.asset, s.signal, p.ts_ns, p.value, p.vtype, p.quality, s.unit "
-            "FROM samples p JOIN series s ON s.id = p.series_id ORDER BY s.signal, p.ts_ns"
-        ).fetchall()
-    finally:
-        conn.close()
+def read_samples(db: Path) -> list[StoredSample]:
+    return sorted(stored_samples(db), key=lambda r: (r.signal, r.ts_ns))
 
 
 def test_write_keeps_types_and_quality(tmp_path: Path) -> None:
@@ -49,13 +43,15 @@ def test_write_keeps_types_and_quality(tmp_path: Path) -> None:
     )
     store.close()
     assert (result.samples_written, result.samples_duplicate) == (4, 0)
-    # vtype: 0 float, 1 int, 2 bool, 3 str; quality: 0 good, 1 uncertain, 2 bad.
-    assert read_samples(db) == [
-        (ASSET, "auto", T0, 1, 2, 2, None),
-        (ASSET, "count", T0, 42, 1, 0, None),
-        (ASSET, "speed", T0, 12.5, 0, 1, "m/min"),
-        (ASSET, "state", T0, "running", 3, 0, None),
+    # quality: 0 good, 1 uncertain, 2 bad.
+    rows = read_samples(db)
+    assert rows == [
+        (ASSET, "auto", T0, True, 2, None),
+        (ASSET, "count", T0, 42, 0, None),
+        (ASSET, "speed", T0, 12.5, 1, "m/min"),
+        (ASSET, "state", T0, "running", 0, None),
     ]
+    assert [type(r.value) for r in rows] == [bool, int, float, str]
     reopened = SqliteStore.open(db)
     assert reopened.high_water_marks() == {"agent-1": 9}
     reopened.close()
@@ -95,7 +91,7 @@ def test_unit_is_updated_when_it_changes(tmp_path: Path) -> None:
     store.write(Batch(samples=[NormalizedSample(ASSET, "speed", T0 + 1, 1.0, "good", None)]))
     store.write(Batch(samples=[NormalizedSample(ASSET, "speed", T0 + 2, 1.0, "good", "m/s")]))
     store.close()
-    assert [row[6] for row in read_samples(db)] == ["m/s", "m/s", "m/s"]
+    assert [row.unit for row in read_samples(db)] == ["m/s", "m/s", "m/s"]
 
 
 def test_dead_letters_are_stored(tmp_path: Path) -> None:
@@ -165,9 +161,9 @@ async def test_writer_dedups_by_seq_and_acknowledges_everything(tmp_path: Path) 
     letters: list[DeadLetter] = []
     stats = GatewayStats()
 
-    def on_commit(items: list[Inbound], dead: list[DeadLetter]) -> None:
+    def on_commit(items: list[Inbound], batch: Batch) -> None:
         committed.extend(item.token for item in items)
-        letters.extend(dead)
+        letters.extend(batch.dead_letters)
 
     writer = BatchWriter(store, inbox, stats=stats, on_commit=on_commit)
     items = [
