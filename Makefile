@@ -4,8 +4,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # Debian packages the test suite starts as real servers (and poppler-utils, whose
-# pdftoppm/pdftotext check the PDF reports).
-TEST_APT_PACKAGES ?= mosquitto influxdb victoria-metrics poppler-utils
+# pdftoppm/pdftotext check the PDF reports; chromium, which loads the andon page).
+TEST_APT_PACKAGES ?= mosquitto influxdb victoria-metrics poppler-utils chromium
 DEMO_ARGS ?=
 
 .PHONY: demo test lint bench venv dev-venv system-packages clean

@@ -381,6 +381,25 @@ class MachineScenario:
         self._last_unit.append(lu if lu is not None else self._last_unit[-1])
         self._last_reject.append(lr if lr is not None else self._last_reject[-1])
 
+    def force(self, start: int, end: int, state: MachineState) -> None:
+        """Put the machine in the stop ``state`` over ``[start, end)``, replacing what the
+        scenario had there (the control hook of docs/simulator.md). Only the future may be
+        changed: the caller passes a ``start`` after everything already published, so the
+        units and rejects published so far stay what they were, and the ground truth
+        (built from these segments) includes the forced span."""
+        if state is MachineState.RUNNING:
+            raise ValueError("only a stop state can be forced (running needs a cycle)")
+        if end <= start:
+            raise ValueError("the forced span must have a positive duration")
+        self.extend_to(end + 1)
+        before = [s.clipped(s.start, start) for s in self.segments if s.start < start]
+        after = [s.clipped(end, s.end) for s in self.segments if s.end > end]
+        self.segments, self._starts = [], []
+        self._cum_units, self._cum_rejects = [0], [0]
+        self._last_unit, self._last_reject = [None], [None]
+        for seg in (*before, Segment(start, end, state), *after):
+            self._append(seg)
+
     def index_at(self, t: int) -> int:
         """Index of the segment containing ``t`` (generating as needed)."""
         self.extend_to(t + 1)

@@ -25,6 +25,7 @@ from devices.config import (
     load_simulation,
     scenario_params,
 )
+from devices.control import SimControl, SimControlError
 from devices.modbus_plc import ModbusPlc
 from devices.mqtt_sensors import MqttHub, MqttSensorSet
 from devices.opcua_plc import OpcUaPlc, PlcGroup
@@ -148,6 +149,8 @@ class FactorySimulator:
         self._start_us = to_us(self.start)
         self._end_us = to_us(self.end) if self.end is not None else None
         self._published_until = self._start_us
+        # Updates up to this time are published or being computed: forced states start after.
+        self._horizon_us = self._start_us
         self._initial_done = False
         self._t0: float | None = None
         self._machines: list[_Machine] = []
@@ -182,6 +185,9 @@ class FactorySimulator:
                 self._machines.append(self._build(ref, cfg, hub, plcs))
             if plcs:
                 await stack.enter_async_context(PlcGroup(plcs))
+            if broker is not None:
+                control_id = f"karkhana-sim-control-{os.getpid()}-{id(self):x}"
+                await stack.enter_async_context(SimControl(broker, control_id, self))
             for modbus_plc in self._modbus_plcs:
                 await stack.enter_async_context(modbus_plc)
             # Devices show their values at the start time as soon as they are up, so a
@@ -323,6 +329,7 @@ class FactorySimulator:
 
     async def _advance(self, now_us: int) -> None:
         prev = self._published_until
+        self._horizon_us = now_us
         await asyncio.gather(*(self._advance_machine(m, prev, now_us) for m in self._machines))
         self._published_until = now_us
 
@@ -364,6 +371,32 @@ class FactorySimulator:
             SignalUpdate("energy", round(m.base_energy_kwh + m.energy_kwh, 4), ts),
         ]
         await m.device.publish(updates)
+
+    # ---- control ---------------------------------------------------------------------
+
+    def force_state(
+        self, machine: str, state: MachineState, duration_s: float
+    ) -> tuple[datetime, datetime]:
+        """Put ``machine`` (its asset path) in the stop ``state`` for ``duration_s``
+        simulated seconds from the next tick on; returns the forced span (simulated time).
+        The ground truth includes it. Raises SimControlError for a request it cannot do."""
+        found = [m for m in self._machines if m.ref.path == machine]
+        if not found:
+            known = ", ".join(m.ref.path for m in self._machines)
+            raise SimControlError(f"unknown machine {machine!r}; known: {known}")
+        if state is MachineState.RUNNING:
+            raise SimControlError("only a stop state can be forced, not 'running'")
+        if not duration_s > 0:
+            raise SimControlError(f"duration_s must be above 0, got {duration_s}")
+        start = max(self._clock_us(), self._horizon_us, self._published_until) + 1
+        end = start + max(1, round(duration_s * US))
+        if self._end_us is not None:
+            if start >= self._end_us:
+                raise SimControlError("the simulation has reached its end time")
+            end = min(end, self._end_us)
+        found[0].scenario.force(start, end, state)
+        log.info("forced %s to %s from %s to %s", machine, state, from_us(start), from_us(end))
+        return from_us(start), from_us(end)
 
     # ---- observation -----------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from types import TracebackType
 from gateway.consumer import MqttConsumer
 from gateway.decode import DecodeLimits, EnvelopeDecoder
 from gateway.metrics import GatewayCollector, InboxGauges
+from gateway.platform_stats import PlatformStats, platform_stats
 from gateway.retention import RetentionRunner, SqliteRetention
 from gateway.settings import GatewaySettings
 from gateway.stats import GatewayStats
@@ -62,6 +63,7 @@ class Gateway:
         self.uns: UnsMirror | None = None
         """The UNS mirror while running, when ``settings.uns_mirror`` is set."""
         self._retention: RetentionRunner | None = None
+        self._platform: PlatformStats | None = None
 
     @property
     def stats(self) -> GatewayStats:
@@ -102,6 +104,11 @@ class Gateway:
         self._consumer = consumer
         log.info("gateway writing to %s", store_location(self.settings))
         self._start_retention()
+        inbox = self._inbox
+        gauges = InboxGauges(inbox.messages, lambda: inbox.bytes)
+        self._platform = platform_stats(self.settings, self._stats.snapshot, gauges)
+        if self._platform is not None:
+            await self._platform.__aenter__()
         if self.settings.metrics_port is not None:
             try:
                 self.metrics = await self._start_metrics(self.settings.metrics_port)
@@ -143,6 +150,9 @@ class Gateway:
         metrics, self.metrics = self.metrics, None
         if metrics is not None:
             await metrics.__aexit__(None, None, None)
+        platform, self._platform = self._platform, None
+        if platform is not None:
+            await platform.__aexit__(None, None, None)
         consumer = self._consumer
         if consumer is not None:
             consumer.stop_intake()

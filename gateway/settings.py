@@ -60,6 +60,8 @@ class GatewaySettings(InfluxSettings, BaseSettings):
     uns_mirror: bool = False
     metrics_port: int | None = Field(default=None, ge=0, le=65_535)
     metrics_host: str = "127.0.0.1"
+    # InfluxDB store: the gateway's own health series (docs/dashboards.md); 0 disables.
+    platform_stats_s: float = Field(default=10.0, ge=0, le=3600)
 
     @field_validator("broker")
     @classmethod

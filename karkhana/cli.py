@@ -23,6 +23,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "gateway": ("gateway.cli:app", "Gateway: ingest edge messages into the store."),
     "api": ("services.cli:app", "KPI services and the HTTP API."),
     "config": ("karkhana.config.cli:app", "Validate configuration files."),
+    "dashboards": ("services.dashboards_cli:app", "Push the Grafana dashboards to a Grafana."),
 }
 
 

@@ -35,6 +35,7 @@ READY_TIMEOUT_S = 30.0
 DEMO_MAX_FUTURE_S = 400 * 86_400.0
 DRAIN_TIMEOUT_S = 60.0
 API_KEY_FILE = "api-key.txt"  # in the data dir: the demo's admin key, for curl
+ANDON_KEY_FILE = "andon-key.txt"  # a viewer key for the andon page
 
 
 @dataclass(frozen=True)
@@ -217,10 +218,15 @@ async def run_demo(opts: DemoOptions) -> int:
 
         api_started = asyncio.Event()
         api_settings = ApiSettings(
-            factory=opts.factory_path, db=db_path, host="127.0.0.1", port=opts.api_port
+            factory=opts.factory_path,
+            db=db_path,
+            host="127.0.0.1",
+            port=opts.api_port,
+            andon_clock="data",  # the andon follows the simulated clock
         )
         with KeyStore(api_settings.keys_path) as keys:
             api_key = _demo_key(keys, data_dir / API_KEY_FILE, Role.ADMIN)
+            andon_key = _demo_key(keys, data_dir / ANDON_KEY_FILE, Role.VIEWER)
         tasks.append(asyncio.create_task(serve(api_settings, api_started), name="api"))
 
         sim = await stack.enter_async_context(
@@ -257,6 +263,13 @@ async def run_demo(opts: DemoOptions) -> int:
         )
         console.print(
             f"API key (admin, also in {data_dir / API_KEY_FILE}): {api_key}", soft_wrap=True
+        )
+        # The key rides in the fragment: the page trades it for a session cookie, and a
+        # fragment is never sent to the server.
+        console.print(
+            f"Andon page: {api_url}/andon#key={andon_key} (viewer key, also in "
+            f"{data_dir / ANDON_KEY_FILE})",
+            soft_wrap=True,
         )
         sim_task = asyncio.create_task(sim.run(), name="simulator")
         tasks.append(sim_task)

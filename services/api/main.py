@@ -13,10 +13,11 @@ from fastapi.responses import JSONResponse
 from karkhana.config.factory import load_factory
 from karkhana.errors import StoreError
 from services.api.auth import Role, TokenBuckets, require_role, unprotected_routes
-from services.api.routes import assets, deadletters, downtime, health, keys, kpi, reports
+from services.api.routes import andon, assets, deadletters, downtime, health, keys, kpi, reports
 from services.api.settings import ApiSettings
 from services.influx_reader import InfluxSource
 from services.keys import KeyStore
+from services.kpi_publisher import publishing
 
 __all__ = ["ApiSettings", "create_app"]
 
@@ -45,7 +46,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
             # One pooled connection for the process; each request takes a reader from it.
             app.state.influx = InfluxSource(settings.influx_target())
             try:
-                yield
+                async with publishing(settings, factory):
+                    yield
             finally:
                 app.state.influx.close()
         finally:
@@ -73,6 +75,9 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.include_router(reports.router, prefix="/api/v1", dependencies=role(Role.MANAGER))
     app.include_router(deadletters.router, prefix="/api/v1", dependencies=role(Role.INTEGRATOR))
     app.include_router(keys.router, prefix="/api/v1", dependencies=role(Role.ADMIN))
+    app.include_router(andon.router, prefix="/api/v1", dependencies=role(Role.VIEWER))
+    # The andon page; its event stream takes the page's session cookie (docs/andon.md).
+    app.include_router(andon.page_router)
     if open_routes := unprotected_routes(app):
         raise RuntimeError(
             f"API routes without a role: {', '.join(open_routes)}; include their router "

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -39,6 +39,17 @@ class ApiSettings(InfluxSettings, BaseSettings):
     )
     rate_limit_burst: int = Field(
         default=100, ge=1, description="requests a key (or address) may make at once"
+    )
+    andon_clock: Literal["wall", "data"] = Field(
+        default="wall",
+        description="the andon's 'now': the wall clock, or the newest sample (simulations "
+        "whose clock differs from the wall clock, as in 'karkhana demo')",
+    )
+    kpi_publish_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="InfluxDB store: write new or changed KPI buckets, downtime events and "
+        "machine states for Grafana this often (seconds); 0 disables",
     )
 
     @property
