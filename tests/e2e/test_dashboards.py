@@ -13,12 +13,7 @@ from __future__ import annotations
 
 import json
 import re
-import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,10 +22,10 @@ from zoneinfo import ZoneInfo
 import httpx
 import paho.mqtt.publish as mqtt_publish
 import pytest
-import yaml
 
 from karkhana.grafana import DASHBOARDS
 from tests.helpers.influx_servers import Influxd, run_influxd
+from tests.helpers.processes import edge_config_written, karkhana_process
 from tests.helpers.servers import Mosquitto, free_port, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -66,34 +61,6 @@ VALUES: dict[str, dict[str, list[str]]] = {
     },
     "karkhana-platform": {"gateway": [GATEWAY]},
 }
-
-
-@contextmanager
-def process(
-    args: list[str], cwd: Path, log_name: str, env: dict[str, str] | None = None
-) -> Iterator[subprocess.Popen[bytes]]:
-    """A karkhana command in the background; stopped with SIGTERM (it must exit 0)."""
-    import os
-
-    with (cwd / log_name).open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "karkhana", *args],
-            cwd=cwd,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
-        )
-        try:
-            yield proc
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-    assert proc.returncode == 0, (cwd / log_name).read_text()[-3000:]
 
 
 def round_the_clock_factory(source: Path, target: Path, outage_local: datetime) -> None:
@@ -262,12 +229,14 @@ def test_every_panel_query_returns_data_of_its_shape(
             "--wait-for-agent", AGENT,
         ]  # fmt: skip
         with (
-            process(["gateway", "run", "--broker", mosquitto.url], tmp_path, "gw.log", gateway_env),
-            process(api_args, tmp_path, "api.log", api_env),
-            process(sim_args, tmp_path, "sim.log") as sim,
+            karkhana_process(
+                ["gateway", "run", "--broker", mosquitto.url], tmp_path, "gw.log", gateway_env
+            ),
+            karkhana_process(api_args, tmp_path, "api.log", api_env),
+            karkhana_process(sim_args, tmp_path, "sim.log") as sim,
         ):
-            wait_until(lambda: _edge_config_written(edge_yaml), 60, "the simulator's edge.yaml")
-            with process(["edge", "run", "-c", str(edge_yaml)], tmp_path, "edge.log"):
+            wait_until(lambda: edge_config_written(edge_yaml), 60, "the simulator's edge.yaml")
+            with karkhana_process(["edge", "run", "-c", str(edge_yaml)], tmp_path, "edge.log"):
                 # Bad input on the wire: the platform health dashboard must show it.
                 mqtt_publish.single(
                     BAD_TOPIC, b"not an envelope", hostname=mosquitto.host, port=mosquitto.port
@@ -364,10 +333,3 @@ def check_values_against_truth(
     assert ready == 1
     (letter,) = rows("Recent dead letters")
     assert letter["topic"] == BAD_TOPIC
-
-
-def _edge_config_written(path: Path) -> bool:
-    try:
-        return bool(yaml.safe_load(path.read_text()).get("sources"))
-    except (OSError, AttributeError, yaml.YAMLError):
-        return False

@@ -5,19 +5,16 @@ Mosquitto. Half a simulated shift later the API's OEE equals the simulator's gro
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
 from tests.e2e.truth_check import differences, startup_reject_slack
+from tests.helpers.processes import edge_config_written, karkhana_process
 from tests.helpers.servers import Mosquitto, free_port, wait_for_port, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -28,26 +25,6 @@ END = "2026-11-24T05:00:00Z"
 SPEED = 480.0
 DURATION_S = 4 * 3600 / SPEED
 AGENT = "lahore-edge-1"  # the agent id `karkhana sim --edge-config-out` writes
-
-
-@contextmanager
-def process(args: list[str], cwd: Path, log_name: str) -> Iterator[subprocess.Popen[bytes]]:
-    """A karkhana command in the background; stopped with SIGTERM (it must exit 0)."""
-    with (cwd / log_name).open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "karkhana", *args], cwd=cwd, stdout=log, stderr=subprocess.STDOUT
-        )
-        try:
-            yield proc
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-    assert proc.returncode == 0, (cwd / log_name).read_text()[-3000:]
 
 
 def test_separate_processes_deliver_the_ground_truth(
@@ -79,12 +56,12 @@ def test_separate_processes_deliver_the_ground_truth(
     headers = {"Authorization": f"Bearer {key}"}
 
     with (
-        process(gateway_args, tmp_path, "gateway.log"),
-        process(api_args, tmp_path, "api.log"),
-        process(sim_args, tmp_path, "sim.log") as sim,
+        karkhana_process(gateway_args, tmp_path, "gateway.log"),
+        karkhana_process(api_args, tmp_path, "api.log"),
+        karkhana_process(sim_args, tmp_path, "sim.log") as sim,
     ):
-        wait_until(lambda: _edge_config_written(edge_yaml), 60, "the simulator's edge.yaml")
-        with process(["edge", "run", "-c", str(edge_yaml)], tmp_path, "edge.log"):
+        wait_until(lambda: edge_config_written(edge_yaml), 60, "the simulator's edge.yaml")
+        with karkhana_process(["edge", "run", "-c", str(edge_yaml)], tmp_path, "edge.log"):
             # The simulator holds its clock until the agent reports every source connected.
             sim.wait(timeout=240)
             assert sim.returncode == 0, (tmp_path / "sim.log").read_text()[-3000:]
@@ -103,13 +80,6 @@ def test_separate_processes_deliver_the_ground_truth(
         lines, truth, "line", slack
     )
     assert not problems, "\n".join(problems)
-
-
-def _edge_config_written(path: Path) -> bool:
-    try:
-        return bool(yaml.safe_load(path.read_text()).get("sources"))
-    except (OSError, AttributeError, yaml.YAMLError):
-        return False
 
 
 def _wait_until_store_settles(api: httpx.Client, quiet_s: float = 2.0) -> None:
