@@ -256,16 +256,48 @@ def read_range(conn: sqlite3.Connection, series_id: int, start_ns: int, end_ns: 
     start_ns, end_ns = _i64(start_ns), _i64(end_ns)
     if end_ns <= start_ns:
         return Run([], [])
-    rows = conn.execute(
-        _OVERLAPPING, (series_id, start_ns, _window_end(end_ns - 1), end_ns - 1)
-    ).fetchall()
-    if len(rows) > 1 and all(r[3] is None for r in rows):
-        # Many chunks of good samples: decode them as one array each for times and values.
-        ts = decode_ts(_joined([r[1] for r in rows]))
-        if ts == sorted(ts):  # the chunks do not overlap in time: the common case
-            values = decode_values(_joined([r[2] for r in rows]))
-            return Run(ts, values).between(start_ns, end_ns)
+    bounds = (series_id, start_ns, _window_end(end_ns - 1), end_ns - 1)
+    bulk = _read_bulk(conn, bounds)
+    if bulk is not None:
+        return bulk.between(start_ns, end_ns)
+    rows = conn.execute(_OVERLAPPING, bounds).fetchall()
     return _merge([_row_run(r[1], r[2], r[3]).between(start_ns, end_ns) for r in rows])
+
+
+# The chunks of _OVERLAPPING with their arrays' headers cut off by SQLite (MessagePack's
+# shortest header, as the encoder writes it: 1 byte up to 15 elements, 3 up to 65,535, else
+# 5), so that many chunks decode as one array; only when every sample is good.
+_BODY = "CASE WHEN n < 16 THEN 2 WHEN n < 65536 THEN 4 ELSE 6 END"
+_OVERLAPPING_BODIES = (
+    f"SELECT n, substr(ts, {_BODY}), substr(vals, {_BODY}), qualities IS NULL "
+    "FROM sample_chunks WHERE series_id = ? AND ts_last >= ? AND ts_last < ? "
+    "AND ts_first <= ? ORDER BY ts_first"
+)
+
+
+def _read_bulk(conn: sqlite3.Connection, bounds: tuple[int, int, int, int]) -> Run | None:
+    """The chunks of ``bounds`` decoded as one array each for times and values, when all
+    their samples are good and they do not overlap in time (the common case); else None."""
+    rows = conn.execute(_OVERLAPPING_BODIES, bounds).fetchall()
+    if len(rows) < 2 or not all([r[3] for r in rows]):
+        return None
+    total = sum([r[0] for r in rows])
+    try:
+        ts = decode_ts(_array_header(total) + b"".join([r[1] for r in rows]))
+        if len(ts) != total or ts != sorted(ts):
+            return None
+        values = decode_values(_array_header(total) + b"".join([r[2] for r in rows]))
+    except msgspec.DecodeError:
+        return None
+    return Run(ts, values) if len(values) == total else None
+
+
+def _array_header(total: int) -> bytes:
+    if total < 16:
+        return bytes((0x90 | total,))
+    if total < 2**16:
+        return b"\xdc" + total.to_bytes(2, "big")
+    return b"\xdd" + total.to_bytes(4, "big")
 
 
 def _joined(arrays: list[bytes]) -> bytes:
@@ -285,13 +317,7 @@ def _joined(arrays: list[bytes]) -> bytes:
             bodies.append(blob[5:])
         else:
             raise ValueError(f"not a MessagePack array (first byte 0x{head:02x})")
-    if total < 16:
-        header = bytes((0x90 | total,))
-    elif total < 2**16:
-        header = b"\xdc" + total.to_bytes(2, "big")
-    else:
-        header = b"\xdd" + total.to_bytes(4, "big")
-    return header + b"".join(bodies)
+    return _array_header(total) + b"".join(bodies)
 
 
 def read_all(conn: sqlite3.Connection, series_id: int) -> Run:
@@ -422,14 +448,13 @@ def window_counts(
     if not series_ids or end_ns <= start_ns:
         return {}
     marks = ",".join("?" * len(series_ids))
-    counts: dict[int, int] = {
-        int(w) * CHUNK_NS: int(n)
-        for w, n in conn.execute(
-            f"SELECT ts_first / {CHUNK_NS}, SUM(n) FROM sample_chunks "
+    counts: dict[int, int] = dict(
+        conn.execute(
+            f"SELECT ts_first / {CHUNK_NS} * {CHUNK_NS}, SUM(n) FROM sample_chunks "
             f"WHERE {_inside(marks)} GROUP BY 1",
             (*series_ids, start_ns, end_ns, start_ns),
         )
-    }
+    )
     for w, n in _edge_counts(conn, marks, series_ids, start_ns, end_ns):
         if n:
             counts[w] = counts.get(w, 0) + n

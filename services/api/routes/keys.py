@@ -9,8 +9,8 @@ from fastapi import APIRouter, Path, Request, status
 from pydantic import BaseModel, Field
 
 from karkhana.models import iso_utc
-from services.api.errors import not_found
-from services.keys import ApiKey, KeyStore, Role
+from services.api.errors import not_found, unprocessable
+from services.keys import ApiKey, InvalidKeyRequest, KeyStore, Role
 
 router = APIRouter(prefix="/keys", tags=["keys"])
 
@@ -65,7 +65,10 @@ def list_keys(request: Request) -> list[KeyOut]:
 @router.post("", response_model=CreatedKey, status_code=status.HTTP_201_CREATED)
 def create_key(request: Request, body: NewKey) -> CreatedKey:
     """A new key; its secret is in this response only."""
-    key, secret = _store(request).create(body.name, body.role)
+    try:
+        key, secret = _store(request).create(body.name, body.role)
+    except InvalidKeyRequest as exc:  # e.g. a name of control characters only
+        raise unprocessable(str(exc)) from exc
     return CreatedKey(key=_out(key), secret=secret)
 
 
