@@ -256,11 +256,7 @@ class SqliteRetention:
                 break
             lo = first - first % bucket
             hi = min(lo + step, until)
-            run = read_range(conn, sid, lo, hi)
-            keep = _first_and_last_floats(run, bucket)
-            if len(keep) < len(run):
-                self._in_transaction(conn, rewrite_range, conn, sid, lo, hi, keep)
-                removed += len(run) - len(keep)
+            removed += self._in_transaction(conn, _downsample_range, conn, sid, lo, hi, bucket)
             lo = hi
         return removed
 
@@ -292,8 +288,7 @@ class SqliteRetention:
             )
             for w, chunks in sorted(windows.items()):
                 if chunks > 1 and not stop.is_set():
-                    run = read_range(conn, sid, w, w + CHUNK_NS)
-                    self._in_transaction(conn, rewrite_range, conn, sid, w, w + CHUNK_NS, run)
+                    self._in_transaction(conn, _compact_window, conn, sid, w)
                     merged += chunks - 1
         self._in_transaction(
             conn,
@@ -314,6 +309,24 @@ class SqliteRetention:
             conn.rollback()
             raise
         return result
+
+
+# Each of these reads and rewrites inside one transaction: a sample the gateway writes into
+# the range meanwhile (late data) is either read here or written after, never overwritten.
+
+
+def _downsample_range(conn: sqlite3.Connection, sid: int, lo: int, hi: int, bucket: int) -> int:
+    """Downsample the series' floats in [lo, hi); returns the samples removed."""
+    run = read_range(conn, sid, lo, hi)
+    keep = _first_and_last_floats(run, bucket)
+    if len(keep) == len(run):
+        return 0
+    rewrite_range(conn, sid, lo, hi, keep)
+    return len(run) - len(keep)
+
+
+def _compact_window(conn: sqlite3.Connection, sid: int, w: int) -> None:
+    rewrite_range(conn, sid, w, w + CHUNK_NS, read_range(conn, sid, w, w + CHUNK_NS))
 
 
 def _first_and_last_floats(run: Run, bucket_ns: int) -> Run:

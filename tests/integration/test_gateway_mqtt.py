@@ -314,7 +314,8 @@ async def test_uncommitted_messages_are_not_acknowledged(
     config = settings(mosquitto, db, client_id="gw-uncommitted")
     topic = SAMPLES_TOPIC.format(agent="edge-1")
     async with running(config) as gateway:
-        blocker = sqlite3.connect(db, timeout=0)
+        # Waits for the lock if the retention thread's first (compaction) pass holds it.
+        blocker = sqlite3.connect(db, timeout=10)
         try:
             blocker.execute("BEGIN EXCLUSIVE")  # every write of the gateway fails now
             with paho_client(mosquitto) as publisher:
