@@ -39,12 +39,15 @@ class SeriesRun:
         return len(self.ts)
 
     def append(self, sample: NormalizedSample) -> None:
-        if sample.quality != "good":
-            self.bad.append((len(self.ts), QUALITY_CODES[sample.quality]))
-        if sample.unit is not None:
-            self.unit = sample.unit
-        self.ts.append(sample.ts_ns)
-        self.values.append(sample.value)
+        self.add(sample.ts_ns, sample.value, sample.quality, sample.unit)
+
+    def add(self, ts_ns: int, value: SampleValue, quality: str, unit: str | None) -> None:
+        if quality != "good":
+            self.bad.append((len(self.ts), QUALITY_CODES[quality]))
+        if unit is not None:
+            self.unit = unit
+        self.ts.append(ts_ns)
+        self.values.append(value)
 
     def qualities(self) -> list[int] | None:
         """One quality code per sample, or None when all are good."""
@@ -57,14 +60,14 @@ class SeriesRun:
 
     def samples(self) -> Iterator[NormalizedSample]:
         codes = self.qualities()
-        for i, (ts, value) in enumerate(zip(self.ts, self.values, strict=True)):
-            quality = QUALITY_NAMES[codes[i]] if codes is not None else "good"
-            yield NormalizedSample(self.asset, self.signal, ts, value, quality, self.unit)
+        for i in range(len(self.ts)):
+            yield self._sample(i, codes)
 
     def newest(self) -> NormalizedSample:
         """The sample with the latest time (the first of them when repeated)."""
-        i = self.ts.index(max(self.ts))
-        codes = self.qualities()
+        return self._sample(self.ts.index(max(self.ts)), self.qualities())
+
+    def _sample(self, i: int, codes: list[int] | None) -> NormalizedSample:
         quality = QUALITY_NAMES[codes[i]] if codes is not None else "good"
         return NormalizedSample(
             self.asset, self.signal, self.ts[i], self.values[i], quality, self.unit
@@ -191,13 +194,7 @@ class SampleColumns:
             if len(self._ts_cache) >= TS_CACHE_MAX:
                 self._ts_cache.clear()
             self._ts_cache[s.ts] = ns
-        run = self._run(*pair)
-        if s.quality != "good":
-            run.bad.append((len(run.ts), QUALITY_CODES[s.quality]))
-        if s.unit is not None:
-            run.unit = s.unit
-        run.ts.append(ns)
-        run.values.append(s.value)
+        self._run(*pair).add(ns, s.value, s.quality, s.unit)
         return None
 
     def _run(self, asset: str, signal: str) -> SeriesRun:

@@ -42,6 +42,7 @@ from karkhana.storage.influx_schema import (
     field_string,
     ql_string,
 )
+from karkhana.storage.sqlite_chunks import counts_fingerprint
 from services.downtime import DowntimeEvent, machine_events
 from services.influx_reader import InfluxSource
 from services.kpi.buckets import BUCKET_NS, BucketResult, floor_bucket
@@ -89,10 +90,7 @@ class InfluxSampleCounter(SampleCounter):
     def fingerprint(self, asset: str, start_ns: int, end_ns: int) -> tuple[int, int]:
         # Samples are only ever added (or rewritten in place), so the counts per bucket,
         # weighted by the bucket's position, change whenever the data does.
-        counts = self.counts(asset, start_ns, end_ns)
-        total = sum(counts.values())
-        checksum = sum(n * ((b // BUCKET_NS) % 1_000_003) for b, n in counts.items())
-        return total, checksum
+        return counts_fingerprint(self.counts(asset, start_ns, end_ns))
 
 
 def asset_tags(path: str) -> str:

@@ -199,19 +199,16 @@ class SampleCounter:
         if self._conn is not None:
             self._conn.close()
 
-    def _rows(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-        if self._conn is None:
-            return []
-        try:
-            return self._conn.execute(sql, params).fetchall()
-        except sqlite3.OperationalError as exc:
-            if "no such table" in str(exc):
-                return []
-            raise StoreError(f"reading the SQLite store failed: {exc}") from exc
-
     def _series_ids(self, asset: str) -> list[int]:
+        conn = self._conn
+        if conn is None:
+            return []
         if asset not in self._ids:
-            rows = self._rows("SELECT id FROM series WHERE asset = ?", (asset,))
+            none: list[tuple[int]] = []
+            rows = self._read(
+                lambda: conn.execute("SELECT id FROM series WHERE asset = ?", (asset,)).fetchall(),
+                none,
+            )
             self._ids[asset] = [int(r[0]) for r in rows]
         return self._ids[asset]
 

@@ -81,14 +81,8 @@ class SqliteReader:
         return self._conn is not None
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        if self._conn is None:
-            return []
-        try:
-            return self._conn.execute(sql, params).fetchall()
-        except sqlite3.Error as exc:
-            if _missing_schema(exc):
-                return []
-            raise StoreError(f"reading the SQLite store {self.path} failed: {exc}") from exc
+        none: list[tuple[Any, ...]] = []
+        return self._read(lambda conn: conn.execute(sql, params).fetchall(), none)
 
     def _read(self, read: Callable[[sqlite3.Connection], T], empty: T) -> T:
         if self._conn is None:

@@ -27,6 +27,7 @@ from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
+from typing import Any
 
 import msgspec
 
@@ -281,43 +282,29 @@ def _read_bulk(conn: sqlite3.Connection, bounds: tuple[int, int, int, int]) -> R
     rows = conn.execute(_OVERLAPPING_BODIES, bounds).fetchall()
     if len(rows) < 2 or not all([r[3] for r in rows]):
         return None
-    total = sum([r[0] for r in rows])
+    counts = [r[0] for r in rows]
+    ts = _decode_bodies(counts, [r[1] for r in rows], _decode_ts)
+    if ts is None or ts != sorted(ts):
+        return None
+    values = _decode_bodies(counts, [r[2] for r in rows], _decode_values)
+    return None if values is None else Run(ts, values)
+
+
+def _decode_bodies(counts: list[int], bodies: list[bytes], decode: Any) -> list[Any] | None:
+    """Header-less MessagePack array bodies of ``counts`` elements each -> one list, or None
+    when they do not decode to exactly that many elements (a header of another size)."""
+    total = sum(counts)
+    if total < 16:
+        header = bytes((0x90 | total,))
+    elif total < 2**16:
+        header = b"\xdc" + total.to_bytes(2, "big")
+    else:
+        header = b"\xdd" + total.to_bytes(4, "big")
     try:
-        ts = decode_ts(_array_header(total) + b"".join([r[1] for r in rows]))
-        if len(ts) != total or ts != sorted(ts):
-            return None
-        values = decode_values(_array_header(total) + b"".join([r[2] for r in rows]))
+        out: list[Any] = decode(header + b"".join(bodies))
     except msgspec.DecodeError:
         return None
-    return Run(ts, values) if len(values) == total else None
-
-
-def _array_header(total: int) -> bytes:
-    if total < 16:
-        return bytes((0x90 | total,))
-    if total < 2**16:
-        return b"\xdc" + total.to_bytes(2, "big")
-    return b"\xdd" + total.to_bytes(4, "big")
-
-
-def _joined(arrays: list[bytes]) -> bytes:
-    """MessagePack arrays -> one array of all their elements (headers replaced)."""
-    bodies: list[bytes] = []
-    total = 0
-    for blob in arrays:
-        head = blob[0]
-        if head & 0xF0 == 0x90:  # fixarray: up to 15 elements
-            total += head & 0x0F
-            bodies.append(blob[1:])
-        elif head == 0xDC:  # array 16
-            total += int.from_bytes(blob[1:3], "big")
-            bodies.append(blob[3:])
-        elif head == 0xDD:  # array 32
-            total += int.from_bytes(blob[1:5], "big")
-            bodies.append(blob[5:])
-        else:
-            raise ValueError(f"not a MessagePack array (first byte 0x{head:02x})")
-    return _array_header(total) + b"".join(bodies)
+    return out if len(out) == total else None
 
 
 def read_all(conn: sqlite3.Connection, series_id: int) -> Run:
@@ -335,17 +322,17 @@ def read_times(conn: sqlite3.Connection, series_id: int, start_ns: int, end_ns: 
     start_ns, end_ns = _i64(start_ns), _i64(end_ns)
     if end_ns <= start_ns:
         return []
-    blobs = [
-        blob
-        for (blob,) in conn.execute(
-            "SELECT ts FROM sample_chunks WHERE series_id = ? AND ts_last >= ? AND ts_last < ? "
-            "AND ts_first < ?",
-            (series_id, start_ns, _window_end(end_ns - 1), end_ns),
-        )
-    ]
-    if not blobs:
+    where = "WHERE series_id = ? AND ts_last >= ? AND ts_last < ? AND ts_first < ?"
+    bounds = (series_id, start_ns, _window_end(end_ns - 1), end_ns)
+    rows = conn.execute(
+        f"SELECT n, substr(ts, {_BODY}) FROM sample_chunks {where}", bounds
+    ).fetchall()
+    if not rows:
         return []
-    ts = decode_ts(_joined(blobs))
+    ts = _decode_bodies([r[0] for r in rows], [r[1] for r in rows], _decode_ts)
+    if ts is None:  # a header of another size: one chunk at a time
+        blobs = conn.execute(f"SELECT ts FROM sample_chunks {where}", bounds).fetchall()
+        ts = [t for (blob,) in blobs for t in decode_ts(blob)]
     ts.sort()
     return ts[bisect_left(ts, start_ns) : bisect_left(ts, end_ns)]
 
@@ -462,6 +449,13 @@ def window_counts(
 
 
 FINGERPRINT_MODULUS = 1_000_003
+
+
+def counts_fingerprint(counts: dict[int, int]) -> tuple[int, int]:
+    """:func:`count_fingerprint` from per-window counts (window start -> samples), for a
+    store that counts per window itself."""
+    checksum = sum(n * ((w // CHUNK_NS) % FINGERPRINT_MODULUS) for w, n in counts.items())
+    return (sum(counts.values()), checksum)
 
 
 def count_fingerprint(
