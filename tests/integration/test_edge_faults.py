@@ -51,6 +51,7 @@ class SensorPublisher:
     def __init__(self, broker: Mosquitto, rate: float) -> None:
         self.rate = rate
         self.produced: list[tuple[str, int, int]] = []  # (machine, ts_ns, value)
+        self._sent: list[mqtt.MQTTMessageInfo] = []
         self._stop = threading.Event()
         self._client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2, client_id="fault-sensors", clean_session=True
@@ -76,7 +77,8 @@ class SensorPublisher:
                 machine = f"m{i % MACHINES}"
                 ts = T0 + timedelta(milliseconds=i)
                 body = f'{{"value": {i}, "ts": "{ts.isoformat().replace("+00:00", "Z")}"}}'
-                self._client.publish(f"sensors/fault/{machine}/speed", body, qos=1)
+                info = self._client.publish(f"sensors/fault/{machine}/speed", body, qos=1)
+                self._sent.append(info)
                 self.produced.append((machine, _ns(ts), i))
                 i += 1
             next_at += step
@@ -88,6 +90,12 @@ class SensorPublisher:
         self._stop.set()
         self._thread.join(10)
         self.stopped_at = time.monotonic()
+        # A sample counts as produced once the sensor broker has acknowledged it: the last
+        # publishes may still sit in paho's outgoing queue, and disconnecting drops them.
+        for info in self._sent:
+            info.wait_for_publish(10)
+        unacknowledged = sum(not info.is_published() for info in self._sent)
+        assert not unacknowledged, f"the sensor broker did not acknowledge {unacknowledged}"
 
     def close(self) -> None:
         self._client.disconnect()
