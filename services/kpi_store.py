@@ -22,17 +22,25 @@ import logging
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from itertools import accumulate
+from itertools import accumulate, repeat
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
+
+import numpy as np
 
 from karkhana.config.factory import MachineRef
 from karkhana.errors import StoreError
 from karkhana.models import to_ns, utc_now
 from karkhana.storage.influx_schema import escape_tag, field_string
-from karkhana.storage.sqlite_chunks import CHUNK_NS, count_fingerprint, window_counts
+from karkhana.storage.sqlite_chunks import (
+    CHUNK_NS,
+    count_fingerprint,
+    counts_fingerprint,
+    window_counts,
+)
 from services.kpi import OeeComponents, compute_ratios
+from services.kpi.arrays import SiteCalendars
 from services.kpi.buckets import (
     BUCKET_NS,
     BucketBatch,
@@ -41,6 +49,7 @@ from services.kpi.buckets import (
     floor_bucket,
 )
 from services.kpi.source import SampleSource
+from services.kpi.sweep import BoolArray, FloatArray, IntArray
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +134,7 @@ def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _table(batch: BucketBatch, layout: _Layout) -> tuple[dict[str, list[float]], list[list[str]]]:
+def _table(batch: BucketBatch, layout: _Layout) -> tuple[dict[str, FloatArray], list[list[str]]]:
     """The numeric columns (``flatten`` names) and the set columns (comma-separated text,
     in ``layout.sets`` order) of every bucket of ``batch``."""
     count = batch.count
@@ -137,7 +146,7 @@ def _table(batch: BucketBatch, layout: _Layout) -> tuple[dict[str, list[float]],
             for k, r in batch.results.items():
                 flat = flatten(r.components, layout)
                 for name in flat.keys() - numbers.keys():
-                    numbers[name] = [0.0] * count
+                    numbers[name] = np.zeros(count)
                 for name, column in numbers.items():
                     column[k] = flat.get(name, 0.0)
                 sets[0][k] = ",".join(sorted(r.components.flags))
@@ -146,31 +155,37 @@ def _table(batch: BucketBatch, layout: _Layout) -> tuple[dict[str, list[float]],
     results = batch.as_results()
     flats = [flatten(r.components, layout) for r in results]
     names = list(dict.fromkeys(k for f in flats for k in f))
-    numbers = {n: [f.get(n, 0.0) for f in flats] for n in names}
+    numbers = {n: np.array([f.get(n, 0.0) for f in flats], dtype=np.float64) for n in names}
     return numbers, [
         [",".join(sorted(getattr(r.components, s))) for r in results] for s in layout.sets
     ]
 
 
-def _ratio_columns(numbers: Mapping[str, Sequence[float]]) -> list[list[float | None]]:
+def _ratio_columns(
+    numbers: Mapping[str, Sequence[float] | FloatArray],
+) -> list[list[float | None]]:
     """Availability, performance, quality and OEE (``RATIOS``) of every bucket, computed as
-    ``compute_ratios`` computes them from the bucket's components."""
-    cols = (numbers[n] for n in ("planned_s", "run_s", "ideal_s", "good", "total"))
-    availability: list[float | None] = []
-    performance: list[float | None] = []
-    quality: list[float | None] = []
-    oee: list[float | None] = []
-    for planned, run, ideal, good, total in zip(*cols, strict=True):
-        a = run / planned if planned > 0 else None
-        p = ideal / run if run > 0 else None
-        if p is not None and p > 1.0:
-            p = 1.0
-        q = good / total if total > 0 else None
-        availability.append(a)
-        performance.append(p)
-        quality.append(q)
-        oee.append(a * p * q if a is not None and p is not None and q is not None else None)
-    return [availability, performance, quality, oee]
+    ``compute_ratios`` computes them from the bucket's components (None: zero denominator)."""
+    planned, run, ideal, good, total = (
+        np.asarray(numbers[n], dtype=np.float64)
+        for n in ("planned_s", "run_s", "ideal_s", "good", "total")
+    )
+
+    def ratio(top: FloatArray, bottom: FloatArray) -> tuple[FloatArray, BoolArray]:
+        defined = bottom > 0
+        return np.divide(top, bottom, out=np.zeros(len(top)), where=defined), defined
+
+    a, has_a = ratio(run, planned)
+    p, has_p = ratio(ideal, run)
+    p = np.minimum(p, 1.0)
+    q, has_q = ratio(good, total)
+    out = []
+    for values, defined in ((a, has_a), (p, has_p), (q, has_q), (a * p * q, has_a & has_p & has_q)):
+        column: list[float | None] = values.tolist()
+        for k in np.flatnonzero(~defined).tolist():
+            column[k] = None
+        out.append(column)
+    return out
 
 
 _T = TypeVar("_T")
@@ -257,6 +272,13 @@ class _Prefix:
         i = (floor_bucket(first_ns) - self.start_ns) // BUCKET_NS
         j = (floor_bucket(last_ns) - self.start_ns) // BUCKET_NS + 1
         return self._cum[j] - self._cum[i]
+
+    def spans(self, first_ns: IntArray, last_ns: IntArray) -> IntArray:
+        """``span`` of each pair."""
+        cum = np.array(self._cum, dtype=np.int64)
+        i = (first_ns - self.start_ns) // BUCKET_NS
+        j = (last_ns - self.start_ns) // BUCKET_NS + 1
+        return np.asarray(cum[j] - cum[i], dtype=np.int64)
 
 
 # --- the bucket table ---------------------------------------------------------------------------
@@ -386,24 +408,98 @@ class KpiStore:
         numbers, sets = _table(batch, self.layout)
         names = list(numbers)
         self._add_columns(names)
+        count, start_ns = batch.count, batch.start_ns
+        end_ns = start_ns + count * BUCKET_NS
+        first, last, is_open = batch.dep_arrays()
+        starts = start_ns + np.arange(count, dtype=np.int64) * BUCKET_NS
+        spans = counts.spans(first - first % BUCKET_NS, last - last % BUCKET_NS)
+        # Plain Python values: sqlite3 binds them directly (numpy scalars go through
+        # adaptation, several times slower).
+        columns: list[list[Any]] = [
+            starts.tolist(),
+            (is_open | reopen).astype(np.int64).tolist(),
+            first.tolist(),
+            last.tolist(),
+            spans.tolist(),
+        ]
+        # A column that is zero (NULL, empty) in every row is left to its default: fewer
+        # values to bind, the same rows.
+        ratios = _ratio_columns(numbers)
+        numeric = [np.asarray(numbers[n], dtype=np.float64) for n in names]
+        written = [i for i, c in enumerate(numeric) if c.any()]
+        names = [names[i] for i in written]
+        numeric = [numeric[i] for i in written]
+        columns += [c.tolist() for c in numeric]
+        ratio_names = [n for n, c in zip(RATIOS, ratios, strict=True) if c.count(None) < count]
+        columns += [c for c in ratios if c.count(None) < count]
+        set_names = [n for n, c in zip(self.layout.sets, sets, strict=True) if any(c)]
+        sets = [c for c in sets if any(c)]
+        columns += sets
         now = to_ns(utc_now())
-        marks: list[tuple[Any, ...]] = []
-        for k in range(batch.count):
-            first, last, is_open = batch.deps(k)
-            start = batch.start_ns + k * BUCKET_NS
-            span = counts.span(first, last)
-            marks.append((machine, start, int(is_open or reopen), first, last, span, now))
-        values = zip(*numbers.values(), *_ratio_columns(numbers), *sets, strict=True)
-        rows = [(*m, *v) for m, v in zip(marks, values, strict=True)]
+        rows = zip(repeat(machine), *columns[:5], repeat(now), *columns[5:], strict=False)
         head = ["machine", "start_ns", "open", "dep_first_ns", "dep_last_ns", "dep_count"]
-        head += ["computed_ns", *names, *RATIOS, *self.layout.sets]
+        head += ["computed_ns", *names, *ratio_names, *set_names]
         sql = (
             f"INSERT OR REPLACE INTO {TABLE} ({', '.join(map(_q, head))}) "
             f"VALUES ({', '.join('?' * len(head))})"
         )
         self._conn.executemany(sql, rows)
-        self._sum_hours(machine, batch.start_ns, batch.start_ns + batch.count * BUCKET_NS)
+        # Whole hours inside the batch are summed from its columns; the hours it shares
+        # with buckets stored before are summed by SQLite.
+        h_lo = -((-start_ns) // HOUR_NS) * HOUR_NS
+        h_hi = max(end_ns - end_ns % HOUR_NS, h_lo)
+        if h_lo > start_ns:
+            self._sum_hours(machine, start_ns, min(h_lo, end_ns))
+        if h_hi < end_ns and h_hi >= h_lo:
+            self._sum_hours(machine, max(h_hi, start_ns), end_ns)
+        if h_hi > h_lo:
+            offset = (h_lo - start_ns) // BUCKET_NS
+            self._write_hours(machine, names, numeric, set_names, sets, offset, h_lo, h_hi)
         self._conn.commit()
+
+    def _write_hours(
+        self,
+        machine: str,
+        names: Sequence[str],
+        numeric: Sequence[FloatArray],
+        set_names: Sequence[str],
+        sets: Sequence[Sequence[str]],
+        offset: int,
+        h_lo: int,
+        h_hi: int,
+    ) -> None:
+        """The hour rows of ``[h_lo, h_hi)`` (whole hours) from the bucket columns, bucket
+        ``offset`` being the first of ``h_lo``: what ``_sum_hours`` gives for them."""
+        per = HOUR_NS // BUCKET_NS
+        hours = (h_hi - h_lo) // HOUR_NS
+        cut = slice(offset, offset + hours * per)
+        # Added in bucket order, as SQLite's SUM adds them.
+        sums: list[list[float]] = []
+        for column in numeric:
+            part = column[cut].reshape(hours, per)
+            total = part[:, 0].copy()
+            for i in range(1, per):
+                total += part[:, i]
+            sums.append(total.tolist())
+        texts: list[list[str | None]] = []
+        for column_text in sets:
+            part_text = column_text[cut]
+            joined: list[str | None] = []
+            for h in range(hours):
+                found = dict.fromkeys(x for x in part_text[h * per : (h + 1) * per] if x)
+                joined.append(",".join(found) if found else None)
+            texts.append(joined)
+        starts = (h_lo + np.arange(hours, dtype=np.int64) * HOUR_NS).tolist()
+        head = ["machine", "start_ns", "buckets", *names, *set_names]
+        self._conn.execute(
+            f"DELETE FROM {HOURS} WHERE machine = ? AND start_ns >= ? AND start_ns < ?",
+            (machine, h_lo, h_hi),
+        )
+        self._conn.executemany(
+            f"INSERT INTO {HOURS} ({', '.join(map(_q, head))}) "
+            f"VALUES ({', '.join('?' * len(head))})",
+            zip(repeat(machine), starts, repeat(per), *sums, *texts, strict=False),
+        )
 
     def _sum_hours(self, machine: str, start_ns: int, end_ns: int) -> None:
         """Recompute the hour rows of ``machine`` overlapping ``[start_ns, end_ns)``."""
@@ -580,6 +676,7 @@ def refresh(
     is unchanged and every bucket is stored and settled, nothing is read per bucket.
     """
     stats = RefreshStats()
+    calendars = SiteCalendars()
     for ref in refs:
         machine = ref.path
         check = store.check(machine, start_ns, end_ns)
@@ -588,7 +685,19 @@ def refresh(
         unchanged = check is not None and check.fingerprint == fingerprint
         if unchanged and store.settled(machine, start_ns, end_ns)[0]:
             continue
-        _refresh_machine(store, counter, source, ref, start_ns, end_ns, max_gap_s, stats, sink)
+        _refresh_machine(
+            store,
+            counter,
+            source,
+            ref,
+            start_ns,
+            end_ns,
+            max_gap_s,
+            stats,
+            sink,
+            taken=(lo, hi, fingerprint),
+            calendars=calendars,
+        )
         complete, span_lo, span_hi = store.settled(machine, start_ns, end_ns)
         covered = complete and lo <= span_lo and span_hi <= hi
         # Keep the fingerprint only when it covers every sample the buckets rest on.
@@ -611,21 +720,31 @@ def _refresh_machine(
     max_gap_s: float,
     stats: RefreshStats,
     sink: BucketSink | None,
+    *,
+    taken: tuple[int, int, tuple[int, int]] | None = None,
+    calendars: SiteCalendars | None = None,
 ) -> None:
+    """``taken``: a fingerprint taken just before, with its range; ``calendars``: planned
+    intervals shared with the other machines of the refresh."""
     markers = store.markers(ref.path, start_ns, end_ns)
     dirty, late = _dirty(markers, counter, ref.path, start_ns, end_ns)
     if not dirty:
         return
     lo, hi = dirty[0], dirty[-1] + BUCKET_NS
-    before = counter.fingerprint(ref.path, lo, hi)
-    batch = bucket_batch(source, ref, lo, hi, max_gap_s)
-    deps = [batch.deps(k) for k in range(batch.count)]
-    first = min((d[0] for d in deps), default=lo)
-    last = max((d[1] for d in deps), default=lo)
+    if taken is not None and taken[:2] == (lo, hi):
+        before = taken[2]
+    else:
+        before = counter.fingerprint(ref.path, lo, hi)
+    batch = bucket_batch(source, ref, lo, hi, max_gap_s, calendars)
+    first_ns, last_ns, _ = batch.dep_arrays()
+    first = int(first_ns.min()) if batch.count else lo
+    last = int(last_ns.max()) if batch.count else lo
     c_lo, c_hi = floor_bucket(min(first, lo)), floor_bucket(max(last, hi - 1)) + BUCKET_NS
     counts = counter.counts(ref.path, c_lo, c_hi)
-    # Samples arrived while computing: keep the values but check them next time.
-    reopen = counter.fingerprint(ref.path, lo, hi) != before
+    # Samples arrived while computing: keep the values but check them next time. (The
+    # counts were read after the computation; ``[lo, hi)`` is whole windows of them.)
+    after = counts_fingerprint({w: n for w, n in counts.items() if lo <= w < hi})
+    reopen = after != before
     store.write(ref.path, batch, _Prefix(counts, c_lo, c_hi), reopen)
     if sink is not None:
         results = batch.as_results()

@@ -17,6 +17,9 @@ from itertools import repeat
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
+from numpy.typing import NDArray
+
 from karkhana.errors import StoreError
 from karkhana.models import Quality
 from karkhana.storage.sqlite_chunks import (
@@ -28,6 +31,7 @@ from karkhana.storage.sqlite_chunks import (
     windows_from,
 )
 from karkhana.storage.sqlite_schema import QUALITY_NAMES, connect
+from services.kpi.arrays import EMPTY, SampleArrays
 from services.kpi.source import Point
 
 logger = logging.getLogger(__name__)
@@ -58,6 +62,9 @@ class SqliteReader:
         self._conn = conn
         self._series: dict[tuple[str, str], int | None] = {}
         self._asset_series: dict[str, list[int]] = {}
+        # Sample times of the ranges ``arrays`` read last, for one asset.
+        self._times_asset: str | None = None
+        self._times: dict[tuple[int, int, int], NDArray[np.int64]] = {}
 
     @classmethod
     def open(cls, path: str | Path) -> SqliteReader:
@@ -140,6 +147,53 @@ class SqliteReader:
             return iter(())
         runs = self._iterate(lambda c: windows_from(c, sid, from_ns))
         return (p for run in runs for p in _points(run))
+
+    # --- ArraySource (services.kpi.arrays) --------------------------------------------
+
+    def arrays(self, asset: str, signal: str, start_ns: int, end_ns: int) -> SampleArrays:
+        """``points`` of the same range as arrays (no tuple per sample)."""
+        sid = self.series_id(asset, signal)
+        if sid is None:
+            return EMPTY
+        run = self._read(lambda c: read_range(c, sid, start_ns, end_ns), Run([], []))
+        ts = np.array(run.ts, dtype=np.int64)
+        # Kept for ``time_array`` of the same asset and range (the usual next read).
+        if self._times_asset != asset:
+            self._times_asset, self._times = asset, {}
+        self._times[(sid, start_ns, end_ns)] = ts
+        if not run.ts:
+            return EMPTY
+        qualities = None
+        if run.qualities is not None and any(run.qualities):
+            qualities = [_QUALITIES.get(q, Quality.BAD) for q in run.qualities]
+        return SampleArrays(ts, run.values, qualities)
+
+    def time_array(self, asset: str, start_ns: int, end_ns: int) -> NDArray[np.int64]:
+        """``sample_times`` of the same range as an array (reusing the times of the series
+        ``arrays`` just read over that range)."""
+        previous: int | None = None
+        parts = []
+        read = self._times if self._times_asset == asset else {}
+        # Used once: later reads of the range may hold more samples.
+        self._times_asset, self._times = None, {}
+        for sid in self.asset_series(asset):
+            before = self._read(partial(latest_before, series_id=sid, before_ns=start_ns), None)
+            if before is not None and (previous is None or before > previous):
+                previous = before
+            times = read.get((sid, start_ns, end_ns))
+            if times is None:
+                none: list[int] = []
+                found = self._read(
+                    partial(read_times, series_id=sid, start_ns=start_ns, end_ns=end_ns), none
+                )
+                times = np.array(found, dtype=np.int64)
+            parts.append(times)
+        if previous is not None:
+            parts.append(np.array([previous], dtype=np.int64))
+        times = np.sort(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
+        if len(times) < 2:
+            return times
+        return times[np.concatenate(([True], times[1:] != times[:-1]))]
 
     def sample_times(self, asset: str, start_ns: int, end_ns: int) -> list[int]:
         ids = self.asset_series(asset)

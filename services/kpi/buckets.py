@@ -7,8 +7,8 @@ hours too, and local hours, days and ISO weeks are unions of buckets. Shifts are
 buckets when every shift starts and ends on the grid (``check_grid``); breaks, holidays and
 maintenance windows may fall anywhere, as planned time inside a bucket is exact.
 
-``machine_buckets`` reads a machine's data for a range of buckets once
-(``load_machine_data``) and computes every bucket in one pass over it
+``machine_buckets`` reads a machine's data for a range of buckets once, as arrays
+(``load_machine_arrays``), and computes every bucket in one pass over it
 (``services.kpi.sweep``), each exactly what ``machine_components`` gives for that bucket
 alone. The engine run per bucket stays as the reference: on each bucket's slice of the data
 (``_sliced_buckets``, also used for the few buckets the sweep leaves to it) or reading each
@@ -28,14 +28,17 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
+import numpy as np
+
 from karkhana.calendar import shift_instances
 from karkhana.config.factory import MachineRef, Site
 from karkhana.models import Quality, from_ns, to_ns
+from services.kpi.arrays import MachineArrays, SampleArrays, SiteCalendars, load_machine_arrays
 from services.kpi.components import OeeComponents
 from services.kpi.engine import MachineData, MachineSpec, load_machine_data, machine_components
 from services.kpi.planned import PlannedTime, planned_ns
 from services.kpi.source import Point, SampleSource
-from services.kpi.sweep import BucketColumns, sweep_buckets
+from services.kpi.sweep import BoolArray, BucketColumns, IntArray, sweep_buckets
 from services.kpi.timeline import STOP_STATES, canonical_state
 
 BUCKET_S = 900
@@ -260,7 +263,7 @@ def machine_buckets(
 ) -> list[BucketResult]:
     """Components of every bucket of ``[start_ns, end_ns)`` (both on the grid), each exactly
     what ``compute_machine`` gives for that bucket alone. The machine's data for the whole
-    range is read once (``load_machine_data``) and walked once (``sweep_buckets``)."""
+    range is read once (``load_machine_arrays``) and swept once (``sweep_buckets``)."""
     return bucket_batch(source, ref, start_ns, end_ns, max_gap_s).as_results()
 
 
@@ -449,11 +452,16 @@ def _sliced_buckets(
 
 
 def swept_columns(
-    source: SampleSource, ref: MachineRef, start_ns: int, end_ns: int, max_gap_s: float
+    source: SampleSource,
+    ref: MachineRef,
+    start_ns: int,
+    end_ns: int,
+    max_gap_s: float,
+    calendars: SiteCalendars | None = None,
 ) -> tuple[BucketColumns, dict[int, BucketResult]]:
     """Every bucket of ``[start_ns, end_ns)`` in one pass (``sweep_buckets``), plus the
     buckets the sweep leaves to the engine (index -> result)."""
-    data = load_machine_data(source, ref, from_ns(start_ns), from_ns(end_ns))
+    data = load_machine_arrays(source, ref, from_ns(start_ns), from_ns(end_ns), calendars)
     shifts = (
         planned_ns(ref.site, from_ns(start_ns), from_ns(end_ns)) if data.maintenance_ns else None
     )
@@ -461,18 +469,27 @@ def swept_columns(
     columns = sweep_buckets(data, MachineSpec.from_ref(ref), max_gap_s, shifts, bad_before)
     redone: dict[int, BucketResult] = {}
     if columns.redo:
-        slicer = _Slicer(data, ref, bad_before)
+        slicer = _Slicer(data.to_data(), ref, bad_before)
         for k in columns.redo:
             redone[k] = slicer.bucket(start_ns + k * BUCKET_NS, max_gap_s)
     return columns, redone
 
 
 def _bad_before(
-    source: SampleSource, asset: str, signal: str | None, points: Sequence[Point], start_ns: int
+    source: SampleSource,
+    asset: str,
+    signal: str | None,
+    points: Sequence[Point] | SampleArrays,
+    start_ns: int,
 ) -> int | None:
     """The earliest sample of a counter before ``start_ns`` when it has no good baseline
     there (all its earlier samples are bad; the engine reads them all looking for one)."""
-    if signal is None or (points and points[0].ts_ns < start_ns):
+    if signal is None:
+        return None
+    if isinstance(points, SampleArrays):
+        if len(points) and points.ts[0] < start_ns:
+            return None
+    elif points and points[0].ts_ns < start_ns:
         return None
     earliest = None
     for p in source.points_before(asset, signal, start_ns):
@@ -481,7 +498,7 @@ def _bad_before(
 
 
 def _bad_before_counters(
-    source: SampleSource, ref: MachineRef, data: MachineData, start_ns: int
+    source: SampleSource, ref: MachineRef, data: MachineData | MachineArrays, start_ns: int
 ) -> tuple[int | None, int | None, int | None]:
     signals = ref.machine.signals
     return (
@@ -511,9 +528,9 @@ class BucketBatch:
         return BucketResult(
             self.start_ns + k * BUCKET_NS,
             columns.components(k),
-            columns.dep_first_ns[k],
-            columns.dep_last_ns[k],
-            columns.open[k],
+            int(columns.dep_first_ns[k]),
+            int(columns.dep_last_ns[k]),
+            bool(columns.open[k]),
         )
 
     def as_results(self) -> list[BucketResult]:
@@ -526,14 +543,35 @@ class BucketBatch:
             return done.dep_first_ns, done.dep_last_ns, done.open
         columns = self.columns
         assert columns is not None, "a bucket is either swept or computed apart"
-        return columns.dep_first_ns[k], columns.dep_last_ns[k], columns.open[k]
+        return int(columns.dep_first_ns[k]), int(columns.dep_last_ns[k]), bool(columns.open[k])
+
+    def dep_arrays(self) -> tuple[IntArray, IntArray, BoolArray]:
+        """``deps`` of every bucket, as arrays."""
+        columns = self.columns
+        if columns is None:
+            first = np.zeros(self.count, dtype=np.int64)
+            last = np.zeros(self.count, dtype=np.int64)
+            is_open = np.zeros(self.count, dtype=bool)
+        else:
+            first = columns.dep_first_ns.copy()
+            last = columns.dep_last_ns.copy()
+            is_open = columns.open.copy()
+        for k, r in self.results.items():
+            first[k], last[k], is_open[k] = r.dep_first_ns, r.dep_last_ns, r.open
+        return first, last, is_open
 
 
 def bucket_batch(
-    source: SampleSource, ref: MachineRef, start_ns: int, end_ns: int, max_gap_s: float
+    source: SampleSource,
+    ref: MachineRef,
+    start_ns: int,
+    end_ns: int,
+    max_gap_s: float,
+    calendars: SiteCalendars | None = None,
 ) -> BucketBatch:
     """Every bucket of ``[start_ns, end_ns)`` (on the grid), each exactly what
-    ``compute_machine`` gives for that bucket alone, as columns where possible."""
+    ``compute_machine`` gives for that bucket alone, as columns where possible
+    (``calendars``: planned intervals shared by the machines of one unit of work)."""
     if start_ns % BUCKET_NS or end_ns % BUCKET_NS:
         raise OffGrid("bucket ranges must start and end on the bucket grid")
     count = (end_ns - start_ns) // BUCKET_NS
@@ -542,7 +580,7 @@ def bucket_batch(
         # (slower, always right).
         results = _engine_buckets(source, ref, start_ns, end_ns, max_gap_s)
         return BucketBatch(start_ns, count, None, dict(enumerate(results)))
-    columns, redone = swept_columns(source, ref, start_ns, end_ns, max_gap_s)
+    columns, redone = swept_columns(source, ref, start_ns, end_ns, max_gap_s, calendars)
     return BucketBatch(start_ns, count, columns, redone)
 
 
