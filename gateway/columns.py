@@ -85,6 +85,8 @@ def runs_from_samples(samples: Iterable[NormalizedSample]) -> list[SeriesRun]:
 
 
 _Appenders = tuple[Callable[[int], None], Callable[[Any], None]]
+_NO_SIGNALS: dict[str, _Appenders] = {}
+"""The signals of an asset not seen yet (never written to)."""
 SERIES_MAX = 100_000
 """Series whose run objects are kept between batches; beyond it they are dropped."""
 
@@ -139,7 +141,7 @@ class SampleColumns:
         max_ns = result.received_ns + self._decoder.max_future_ns
         errors: list[str] | None = None
         last_asset: str | None = None
-        signals: dict[str, _Appenders] | None = None
+        signals: dict[str, _Appenders] = _NO_SIGNALS
         last_ts: str | None = None
         ns: int | None = None
         for s in pending:
@@ -148,20 +150,16 @@ class SampleColumns:
             # samples mostly share asset and timestamp: those reuse the last lookup.
             asset = s.asset
             if asset != last_asset:
-                signals = by_asset_get(asset)
+                signals = by_asset_get(asset, _NO_SIGNALS)
                 last_asset = asset
             ts = s.ts
             if ts != last_ts:
                 ns = ts_get(ts)
+                if ns is not None and ns > max_ns:
+                    ns = None  # too far ahead of this message: the check says so
                 last_ts = ts
-            appenders = signals.get(s.signal) if signals is not None else None
-            if (
-                appenders is None
-                or ns is None
-                or ns > max_ns
-                or s.quality is not _GOOD
-                or s.unit is not None
-            ):
+            appenders = signals.get(s.signal)
+            if appenders is None or ns is None or s.quality is not _GOOD or s.unit is not None:
                 last_asset = last_ts = None  # the check may add both: look them up again
                 problem = self._add_checked(s, max_ns)
                 if problem is not None:

@@ -1,22 +1,27 @@
-"""MQTT consumption with paho-mqtt in its own network thread.
+"""MQTT consumption with paho-mqtt, driven by the writer thread itself.
 
 - QoS 1 subscription in a persistent session, so the broker keeps messages for the gateway
   while it is down.
 - Manual acknowledgement: a message is acknowledged only after the batch containing it is
-  committed (``acknowledge`` is called by the writer thread).
-- Backpressure: decoded messages go into the bounded inbox; when it is full, the paho
-  thread blocks in ``put`` and stops reading the socket. With MQTT v5 the CONNECT also
-  announces ``receive_maximum``, the most unacknowledged messages the broker may send.
-- Decoding runs here, in the network thread, so the writer thread only batches and writes:
-  the two overlap where either is inside C code (msgspec, socket reads, SQLite).
+  committed.
+- One thread: the writer calls :meth:`MqttConsumer.take`, which runs paho's network I/O
+  (select, read, write, keepalive, reconnect with backoff) until messages arrive, and
+  returns them raw. Reading and committing alternate on that thread: no queue between two
+  threads, no hand-off of every message across the GIL (which cost a third of the
+  throughput when paho had its own thread).
+- Backpressure: nothing is read from the socket while the writer commits, and never more
+  than ``queue_max_messages`` / ``queue_max_bytes`` are held unacknowledged (read and not
+  yet committed). With MQTT v5 the CONNECT also announces ``receive_maximum``, the most
+  unacknowledged messages the broker may send.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import queue
-import threading
+import select
+import socket
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -41,9 +46,46 @@ RECONNECT_MAX_S = 30
 OUTGOING_QUEUE_MAX = 1000
 """Dead letters waiting to be published while disconnected (they are stored anyway)."""
 DEADLETTER_ROOM_WAIT_S = 10.0
-"""How long the writer waits, while connected, for room in the outgoing queue before a
-dead letter is only stored (a burst of bad messages then slows ingestion instead of
-skipping the topic)."""
+"""How long the writer waits per batch, while connected, for room in the outgoing queue
+before the batch's remaining dead letters are only stored (a burst of bad messages then
+slows ingestion instead of skipping the topic)."""
+READ_BURST = 1000
+"""Packets read per readable socket before the writer gets the messages: bounds a batch's
+overshoot of its limits and keeps keepalive and writes serviced under a flood."""
+
+
+READ_AHEAD_BYTES = 64 * 1024
+
+
+class _ReadAheadClient(mqtt.Client):
+    """paho reads each packet in several receive calls (the type byte, each length byte,
+    the body): one system call each. This client receives up to READ_AHEAD_BYTES per call
+    and serves paho's reads from that buffer, which saves most of them under load."""
+
+    _ahead_sock: object = None
+    _ahead: bytes = b""
+    _ahead_pos = 0
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        if self._ahead_sock is not self._sock:  # a new connection: nothing read from it yet
+            self._ahead_sock, self._ahead, self._ahead_pos = self._sock, b"", 0
+        buf, pos = self._ahead, self._ahead_pos
+        if pos >= len(buf):
+            buf = super()._sock_recv(max(bufsize, READ_AHEAD_BYTES))
+            if not buf:
+                return buf  # the broker closed the connection
+            self._ahead, pos = buf, 0
+        end = pos + bufsize
+        self._ahead_pos = end
+        if pos == 0 and end >= len(buf):
+            return buf
+        return buf[pos:end]
+
+    def buffered(self) -> int:
+        """Bytes received from the socket that paho has not read yet."""
+        if self._ahead_sock is not self._sock:
+            return 0
+        return max(0, len(self._ahead) - self._ahead_pos)
 
 
 def connect_as_configured(client: mqtt.Client, settings: GatewaySettings) -> None:
@@ -65,25 +107,33 @@ class AckToken:
 
 
 class MqttConsumer:
-    """Subscribes to the edge sample topics and feeds the writer's inbox.
+    """Subscribes to the edge sample topics; the writer thread takes messages from it.
 
-    Use as ``async with MqttConsumer(...)``; :meth:`stop_intake` stops queueing new
-    messages (they stay unacknowledged, so the broker redelivers them to the next session).
+    The event loop calls :meth:`start`, :meth:`wait_subscribed`, :meth:`stop_intake` and
+    :meth:`close`; everything else (:meth:`take`, :meth:`wait`, :meth:`acknowledge`,
+    :meth:`finish`) runs on the writer thread, which alone touches the paho client while it
+    runs. After :meth:`stop_intake`, messages read are left unacknowledged: the broker
+    redelivers them to the next session.
     """
 
-    def __init__(
-        self,
-        settings: GatewaySettings,
-        inbox: queue.Queue[object],
-        stats: GatewayStats | None = None,
-    ) -> None:
+    def __init__(self, settings: GatewaySettings, stats: GatewayStats | None = None) -> None:
         self._settings = settings
-        self._inbox = inbox
         self._stats = stats if stats is not None else GatewayStats()
         self._stopping = False
         self._generation = 0
-        self._ack_lock = threading.Lock()
-        self._room = threading.Condition()  # a PUBACK freed room in the outgoing queue
+        self._received: list[Inbound] = []
+        """Read from the socket, not yet taken by the writer."""
+        self._received_bytes = 0
+        self._reads = 0
+        self.held_messages = 0
+        """Taken by the writer and not yet committed (set by the writer)."""
+        self.held_bytes = 0
+        self._reconnect_at = 0.0
+        self._reconnect_delay = float(RECONNECT_MIN_S)
+        self._connecting = False
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._subscribed = asyncio.Event()
         self.topic_filter = (
@@ -93,17 +143,18 @@ class MqttConsumer:
         )
         self._client = self._make_client()
 
-    def _make_client(self) -> mqtt.Client:
+    def _make_client(self) -> _ReadAheadClient:
         s = self._settings
+        client: _ReadAheadClient
         if s.mqtt_v5:
-            client = mqtt.Client(
+            client = _ReadAheadClient(
                 callback_api_version=CallbackAPIVersion.VERSION2,
                 client_id=s.client_id,
                 protocol=MQTTProtocolVersion.MQTTv5,
                 manual_ack=True,
             )
         else:
-            client = mqtt.Client(
+            client = _ReadAheadClient(
                 callback_api_version=CallbackAPIVersion.VERSION2,
                 client_id=s.client_id,
                 clean_session=False,
@@ -114,14 +165,12 @@ class MqttConsumer:
         connect_as_configured(client, s)
         client.max_queued_messages_set(OUTGOING_QUEUE_MAX)
         client.on_connect = self._on_connect
-        client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
-        client.on_publish = self._on_publish
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
         return client
 
-    # -- lifecycle -------------------------------------------------------------------------
+    # -- event loop side -------------------------------------------------------------------
 
     async def __aenter__(self) -> MqttConsumer:
         await self.start()
@@ -131,7 +180,8 @@ class MqttConsumer:
         await self.close()
 
     async def start(self) -> None:
-        """Connect in the background (paho retries with backoff until the broker answers)."""
+        """Set the connection up; the writer thread connects (and reconnects with backoff
+        until the broker answers) in :meth:`take`."""
         self._loop = asyncio.get_running_loop()
         s = self._settings
         properties = None
@@ -146,7 +196,7 @@ class MqttConsumer:
             clean_start=False if s.mqtt_v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
             properties=properties,
         )
-        self._client.loop_start()
+        self._connecting = True
         log.info(
             "gateway consuming %s from %s as %r (MQTT %s)",
             self.topic_filter,
@@ -162,35 +212,82 @@ class MqttConsumer:
     def stop_intake(self) -> None:
         self._stopping = True
 
-    async def close(self) -> None:
-        """Disconnect (after the acks already queued) and stop the network thread."""
-        self._stopping = True
-        self._client.disconnect()
-        await asyncio.to_thread(self._client.loop_stop)
+    def wake(self) -> None:
+        """Make a waiting :meth:`take` return now (any thread)."""
+        # Fails only when a wake-up is already pending or the consumer is closed.
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
 
-    # -- called by the writer thread -------------------------------------------------------
+    async def close(self) -> None:
+        """After the writer thread has ended: disconnect if it did not, free the sockets."""
+        self._stopping = True
+        if self._client.socket() is not None:
+            self._client.disconnect()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def queued(self) -> tuple[int, int]:
+        """(messages, payload bytes) read and not yet committed (for metrics, any thread)."""
+        return (
+            len(self._received) + self.held_messages,
+            self._received_bytes + self.held_bytes,
+        )
+
+    # -- writer thread ---------------------------------------------------------------------
+
+    def take(self, timeout: float) -> list[Inbound]:
+        """The messages read so far, waiting up to ``timeout`` s for the first of them."""
+        if not self._received:
+            deadline = time.monotonic() + timeout
+            while True:
+                self._service(max(0.0, deadline - time.monotonic()))
+                if self._received or time.monotonic() >= deadline or self._drain_wake():
+                    break
+        taken, self._received = self._received, []
+        self._received_bytes = 0
+        return taken
+
+    def wait(self, seconds: float) -> None:
+        """Keep the connection serviced (keepalive, acks, reading up to the bounds) while the
+        writer cannot commit; returns early on :meth:`wake`."""
+        deadline = time.monotonic() + seconds
+        while (remaining := deadline - time.monotonic()) > 0:
+            self._service(remaining)
+            if self._drain_wake():
+                return
+
+    def finish(self) -> None:
+        """After the last commit: send the queued acknowledgements and disconnect."""
+        self._stopping = True
+        client = self._client
+        if client.socket() is None:
+            return
+        deadline = time.monotonic() + 5
+        while client.want_write() and time.monotonic() < deadline:
+            self._service(0.05, read=False)
+        client.disconnect()
 
     def acknowledge(self, items: list[Inbound], batch: Batch) -> None:
         client = self._client
+        generation = self._generation
         skipped = 0
-        with self._ack_lock:
-            generation = self._generation
-            for item in items:
-                token = item.token
-                if not isinstance(token, AckToken) or token.qos == 0:
-                    continue
-                if token.generation != generation:
-                    skipped += 1
-                    continue
-                client.ack(token.mid, token.qos)
+        for item in items:
+            token = item.token
+            if not isinstance(token, AckToken) or token.qos == 0:
+                continue
+            if token.generation != generation:
+                skipped += 1
+                continue
+            client.ack(token.mid, token.qos)
         if skipped:
             log.info(
                 "%d committed message(s) arrived on an earlier connection; the broker "
                 "redelivers them and de-duplication skips them",
                 skipped,
             )
+        deadline = time.monotonic() + DEADLETTER_ROOM_WAIT_S  # for the whole batch
         for letter in batch.dead_letters:
-            info = self._publish_dead_letter(dead_letter_json(letter))
+            info = self._publish_dead_letter(dead_letter_json(letter), deadline)
             if (
                 info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS
                 and info.rc != MQTTErrorCode.MQTT_ERR_NO_CONN
@@ -201,11 +298,10 @@ class MqttConsumer:
                     mqtt.error_string(info.rc),
                 )
 
-    def _publish_dead_letter(self, payload: bytes) -> mqtt.MQTTMessageInfo:
-        """Publish QoS 1; while connected and the outgoing queue is full, wait for PUBACKs
-        to make room (bounded by DEADLETTER_ROOM_WAIT_S)."""
+    def _publish_dead_letter(self, payload: bytes, deadline: float) -> mqtt.MQTTMessageInfo:
+        """Publish QoS 1; while connected and the outgoing queue is full, service the
+        connection until PUBACKs make room (until ``deadline``)."""
         client = self._client
-        deadline = time.monotonic() + DEADLETTER_ROOM_WAIT_S
         while True:
             info = client.publish(topics.DEADLETTER, payload, qos=1)
             if info.rc != MQTTErrorCode.MQTT_ERR_QUEUE_SIZE or not client.is_connected():
@@ -213,21 +309,95 @@ class MqttConsumer:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return info
-            with self._room:  # notified on every PUBACK; re-checked at least twice a second
-                self._room.wait(min(remaining, 0.5))
+            # The PUBACKs that make room come between messages: read them even at the
+            # bounds (up to twice the bounds; the broker's in-flight window limits QoS 1).
+            self._service(min(remaining, 0.1), slack=2)
 
-    # -- paho callbacks (network thread) ---------------------------------------------------
+    def _service(self, timeout: float, read: bool = True, slack: int = 1) -> None:
+        """One round of network I/O: connect when due, wait up to ``timeout`` for the socket,
+        read a burst of packets (within ``slack`` times the bounds), write, keepalive."""
+        client = self._client
+        sock = client.socket()
+        if sock is None:
+            self._connect_when_due(timeout)
+            return
+        read = read and not self._full(slack)
+        pending = self._pending() if read else 0
+        rlist: list[Any] = [sock, self._wake_r] if read else [self._wake_r]
+        wlist: list[Any] = [sock] if client.want_write() else []
+        try:
+            readable, _, _ = select.select(rlist, wlist, [], 0.0 if pending else timeout)
+        except (OSError, ValueError):
+            readable = []  # the socket was closed under us: the misc step notices
+        if read and (pending or sock in readable):
+            self._read_burst(slack)
+        if client.socket() is not None and client.want_write():
+            client.loop_write()
+        if client.socket() is not None:
+            client.loop_misc()
+        if client.socket() is None:
+            self._schedule_reconnect()
 
-    def _on_publish(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        mid: int,
-        reason_code: ReasonCode,
-        properties: Properties,
-    ) -> None:
-        with self._room:
-            self._room.notify_all()
+    def _read_burst(self, slack: int) -> None:
+        client = self._client
+        for _ in range(READ_BURST):
+            before = self._reads
+            if client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS or client.socket() is None:
+                return
+            if self._reads == before and not self._pending():
+                return  # nothing more to read now (or a packet other than a message)
+            if self._full(slack):
+                return
+
+    def _pending(self) -> int:
+        """Bytes received but not yet read by paho (its read-ahead and the TLS buffer)."""
+        client = self._client
+        sock = client.socket()
+        tls = sock.pending() if sock is not None and hasattr(sock, "pending") else 0
+        return client.buffered() + tls
+
+    def _full(self, slack: int = 1) -> bool:
+        s = self._settings
+        messages, size = self.queued()
+        return messages >= slack * s.queue_max_messages or size >= slack * s.queue_max_bytes
+
+    def _connect_when_due(self, timeout: float) -> None:
+        if self._stopping:
+            self._sleep(timeout)
+            return
+        now = time.monotonic()
+        if now < self._reconnect_at:
+            self._sleep(min(timeout, self._reconnect_at - now))
+            return
+        try:
+            self._client.reconnect()  # blocking TCP (and TLS) connect; CONNACK comes later
+        except (OSError, ValueError) as exc:
+            log.warning("cannot connect to %s (%s); retrying", self._settings.broker, exc)
+            self._schedule_reconnect()
+
+    def _schedule_reconnect(self) -> None:
+        now = time.monotonic()
+        if self._reconnect_at > now:
+            return
+        self._reconnect_at = now + self._reconnect_delay
+        self._reconnect_delay = min(self._reconnect_delay * 2, float(RECONNECT_MAX_S))
+
+    def _sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            select.select([self._wake_r], [], [], seconds)
+
+    def _drain_wake(self) -> bool:
+        """Consume pending wake-ups; True if there was one."""
+        woken = False
+        while True:
+            try:
+                if not self._wake_r.recv(64):
+                    return woken
+                woken = True
+            except (BlockingIOError, OSError):
+                return woken
+
+    # -- paho callbacks (writer thread, inside the I/O calls above) ------------------------
 
     def _notify(self, subscribed: bool) -> None:
         loop = self._loop
@@ -250,15 +420,12 @@ class MqttConsumer:
         if reason_code.is_failure:
             log.error("broker %s refused the connection: %s", self._settings.broker, reason_code)
             return
-        with self._ack_lock:
-            self._generation += 1
+        self._generation += 1
+        self._reconnect_delay = float(RECONNECT_MIN_S)
         log.info(
             "connected to %s (session present: %s)", self._settings.broker, flags.session_present
         )
         client.subscribe(self.topic_filter, qos=1)
-
-    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
-        log.warning("cannot connect to %s; retrying", self._settings.broker)
 
     def _on_disconnect(
         self,
@@ -291,19 +458,19 @@ class MqttConsumer:
         self._notify(True)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        self._reads += 1  # tells a read burst that a message came
         if self._stopping:
             return  # unacknowledged: redelivered to the next session
+        # Only this thread writes this counter; readers may see it a message late.
+        self._stats.messages_received += 1
         try:
-            try:
-                topic = msg.topic
-            except UnicodeDecodeError:
-                topic = "<topic is not valid UTF-8>"
-            token = AckToken(msg.mid, msg.qos, self._generation)
-            # Only this thread writes this counter; readers may see it a message late.
-            self._stats.messages_received += 1
-            # Queued raw: the writer thread parses it, where its objects are used.
-            inbound = Inbound(None, token, topic, bytes(msg.payload), time.time_ns())
-            self._inbox.put(inbound)  # blocks when full: backpressure
-        except Exception:
-            # Never let a message kill the network thread; it stays unacknowledged.
-            log.exception("could not queue a message (mid %s); the broker redelivers it", msg.mid)
+            topic = msg.topic
+        except UnicodeDecodeError:
+            topic = "<topic is not valid UTF-8>"
+        payload = bytes(msg.payload)  # no copy when it is bytes already
+        self._received.append(
+            Inbound(
+                None, AckToken(msg.mid, msg.qos, self._generation), topic, payload, time.time_ns()
+            )
+        )
+        self._received_bytes += len(payload)

@@ -1,10 +1,9 @@
-"""The gateway: MQTT consumer -> bounded inbox -> single writer thread -> store."""
+"""The gateway: one writer thread takes messages from the MQTT consumer and commits them."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import queue
 from types import TracebackType
 
 from gateway.consumer import MqttConsumer
@@ -17,7 +16,7 @@ from gateway.stats import GatewayStats
 from gateway.stores.base import Store
 from gateway.stores.sqlite import SqliteStore
 from gateway.uns import UnsMirror
-from gateway.writer import BatchWriter, Inbound, Inbox, OnCommit
+from gateway.writer import BatchWriter, OnCommit
 from karkhana.metrics_http import MetricsServer
 
 log = logging.getLogger(__name__)
@@ -48,7 +47,6 @@ class Gateway:
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
         self._stats = GatewayStats()
-        self._inbox = Inbox(settings.queue_max_messages, settings.queue_max_bytes)
         self._decoder = EnvelopeDecoder(
             DecodeLimits(
                 max_payload_bytes=settings.max_payload_bytes,
@@ -72,14 +70,15 @@ class Gateway:
 
     async def __aenter__(self) -> Gateway:
         store = await asyncio.to_thread(open_store, self.settings)
-        consumer = MqttConsumer(self.settings, self._inbox, self._stats)
+        consumer = MqttConsumer(self.settings, self._stats)
+        await consumer.start()
         on_commit: OnCommit = consumer.acknowledge
         if self.settings.uns_mirror:
             self.uns = UnsMirror(self.settings)
             on_commit = self.uns.after(consumer.acknowledge)
         writer = BatchWriter(
             store,
-            self._inbox,
+            consumer,
             stats=self._stats,
             on_commit=on_commit,
             max_samples=self.settings.batch_max_samples,
@@ -87,26 +86,20 @@ class Gateway:
             deadletter_payload_max=self.settings.deadletter_payload_max,
             decoder=self._decoder,
         )
+        if self.uns is not None:
+            self.uns.start()
         try:
             writer.start()
         except BaseException:
             store.close()
+            await self._stop_uns()
+            await consumer.close()
             raise
         self._writer = writer
-        if self.uns is not None:
-            self.uns.start()
-        try:
-            await consumer.start()
-        except BaseException:
-            await self._stop_writer()
-            await self._stop_uns()
-            raise
         self._consumer = consumer
         log.info("gateway writing to %s", store_location(self.settings))
         self._start_retention()
-        inbox = self._inbox
-        gauges = InboxGauges(inbox.messages, lambda: inbox.bytes)
-        self._platform = platform_stats(self.settings, self._stats.snapshot, gauges)
+        self._platform = platform_stats(self.settings, self._stats.snapshot, self._inbox_gauges())
         if self._platform is not None:
             await self._platform.__aenter__()
         if self.settings.metrics_port is not None:
@@ -134,11 +127,14 @@ class Gateway:
         self._retention = RetentionRunner(retention, self.settings.retention_interval_s)
         self._retention.start()
 
+    def _inbox_gauges(self) -> InboxGauges:
+        """Messages read from the broker and not yet committed."""
+        consumer = self._consumer
+        assert consumer is not None
+        return InboxGauges(lambda: consumer.queued()[0], lambda: consumer.queued()[1])
+
     async def _start_metrics(self, port: int) -> MetricsServer:
-        inbox = self._inbox
-        collector = GatewayCollector(
-            self._stats.snapshot, InboxGauges(inbox.messages, lambda: inbox.bytes)
-        )
+        collector = GatewayCollector(self._stats.snapshot, self._inbox_gauges())
         return await MetricsServer(collector, self.settings.metrics_host, port).__aenter__()
 
     async def __aexit__(
@@ -161,7 +157,6 @@ class Gateway:
             await asyncio.to_thread(retention.stop)  # after its current short chunk
         await self._stop_writer()
         await self._stop_uns()
-        self._discard_unqueued()
         if consumer is not None:
             await consumer.close()
             self._consumer = None
@@ -204,19 +199,3 @@ class Gateway:
         uns, self.uns = self.uns, None
         if uns is not None:
             await asyncio.to_thread(uns.stop)
-
-    def _discard_unqueued(self) -> None:
-        """Messages still in the inbox after the writer exited are left unacknowledged.
-
-        Emptying the inbox also releases the network thread if it is blocked on a full one.
-        """
-        left = 0
-        while True:
-            try:
-                item = self._inbox.get_nowait()
-            except queue.Empty:
-                break
-            if isinstance(item, Inbound):
-                left += 1
-        if left:
-            log.info("%d message(s) left unacknowledged; the broker redelivers them", left)

@@ -39,7 +39,7 @@ class GatewaySettings(InfluxSettings, BaseSettings):
     share_group: str | None = None
     keepalive_s: int = Field(default=30, ge=5, le=65535)
     session_expiry_s: int = Field(default=7 * 86400, ge=0, le=0xFFFFFFFF)
-    batch_max_samples: int = Field(default=20_000, ge=1, le=1_000_000)
+    batch_max_samples: int = Field(default=100_000, ge=1, le=1_000_000)
     batch_max_delay_s: float = Field(default=0.2, gt=0, le=60)
     queue_max_messages: int = Field(default=10_000, ge=1, le=10_000_000)
     queue_max_bytes: int = Field(default=32 * 1024 * 1024, ge=1, le=2**40)

@@ -33,8 +33,8 @@ class Histogram:
 
 @dataclass(slots=True)
 class GatewayStats:
-    """Totals since start, updated once per message (network thread: ``*_received``) or once
-    per batch (writer thread, under ``lock``); read a :meth:`snapshot`."""
+    """Totals since start, updated once per message (``*_received``, without the lock) or
+    once per batch (under ``lock``), all by the writer thread; read a :meth:`snapshot`."""
 
     messages_received: int = 0
     """Messages handed to the gateway by the broker (before dedup and commit)."""

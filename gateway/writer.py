@@ -1,10 +1,12 @@
-"""The single writer thread: batches decoded messages, de-duplicates, commits, acknowledges.
+"""The single writer thread: takes messages, batches, de-duplicates, commits, acknowledges.
 
-Batching is opportunistic: a batch takes every message already waiting (up to
-``max_samples`` samples or ``max_delay_s`` of collecting) and is committed as soon as no
-further message is waiting. Messages are acknowledged to the broker only after their batch
-is committed, so the broker's in-flight window is released batch by batch and a crash
-loses nothing (unacknowledged messages are redelivered).
+The thread drives its message source itself (for MQTT, paho's network I/O runs inside
+``take``): reading and committing alternate on one thread, so no message crosses between
+threads. Batching is opportunistic: a batch takes every message already read (up to
+``max_samples`` samples, the source's bounds, or ``max_delay_s`` of collecting) and is
+committed as soon as no further message is waiting. Messages are acknowledged only after
+their batch is committed, so the broker's in-flight window is released batch by batch and a
+crash loses nothing (unacknowledged messages are redelivered).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 
 from gateway.columns import SampleColumns
 from gateway.deadletters import dead_letter_from
@@ -29,9 +32,8 @@ from karkhana.errors import StoreError
 
 log = logging.getLogger(__name__)
 
-STOP = object()
-"""Put into the inbox to make the writer flush what is queued and exit."""
-
+IDLE_WAIT_S = 1.0
+"""How long one ``take`` waits for a first message (a stop request wakes it earlier)."""
 RETRY_MIN_S = 0.5
 RETRY_MAX_S = 15.0
 RECENT_ENVELOPES = 100_000
@@ -47,9 +49,9 @@ window misses (a restart) is still harmless: the store keys samples by (series, 
 class Inbound:
     """A message and the opaque token its source needs to acknowledge it.
 
-    The network thread queues the raw message (``topic``, ``payload``, ``received_ns``,
-    ``result`` None); the writer thread parses it (``result``) as it takes it, so the parsed
-    objects are used on the core that made them. A message may also arrive parsed.
+    A source hands over the raw message (``topic``, ``payload``, ``received_ns``, ``result``
+    None); the writer thread parses it (``result``) as it takes it. A message may also
+    arrive parsed.
     """
 
     result: DecodeResult | None
@@ -60,7 +62,7 @@ class Inbound:
 
     @property
     def size(self) -> int:
-        """Payload bytes (what the inbox is bounded by)."""
+        """Payload bytes (what the source's byte bound counts)."""
         return len(self.payload) if self.result is None else len(self.result.payload)
 
     @property
@@ -74,43 +76,68 @@ OnCommit = Callable[[list[Inbound], Batch], None]
 """Called (in the writer thread) with every message of a committed batch, and the batch."""
 
 
-class Inbox(queue.Queue[object]):
-    """The bounded queue between the network thread and the writer.
+class MessageSource(Protocol):
+    """Where the writer thread takes its messages from; every method runs on that thread
+    except :meth:`wake`."""
 
-    Bounded twice: by messages (``max_messages``) and by their payload bytes
-    (``max_bytes``), so memory stays bounded whatever the messages' size. A put blocks
-    while either bound is reached (backpressure); a single message larger than
-    ``max_bytes`` is still accepted when the inbox is empty, so it cannot block forever.
-    """
+    held_messages: int
+    """Messages the writer has taken and not yet committed (the writer keeps it current)."""
+    held_bytes: int
 
-    def __init__(self, max_messages: int, max_bytes: int) -> None:
-        super().__init__(maxsize=max_messages)
-        self.max_bytes = max_bytes
-        self.bytes = 0
-        """Payload bytes of the queued messages (read without the lock for metrics)."""
+    def take(self, timeout: float) -> list[Inbound]:
+        """Messages available now, waiting up to ``timeout`` s for the first one."""
+        ...
 
-    # queue.Queue calls these with its mutex held; ``_qsize`` reporting "full" while the
-    # byte bound is reached is what makes ``put`` wait.
-    def _qsize(self) -> int:
-        queued = len(self.queue)
-        if queued and self.bytes >= self.max_bytes:
-            return max(queued, self.maxsize)
-        return queued
+    def wait(self, seconds: float) -> None:
+        """Pass ``seconds`` while the writer cannot commit (store retry); may end early."""
+        ...
 
-    def _put(self, item: object) -> None:
-        if isinstance(item, Inbound):
-            self.bytes += item.size
-        self.queue.append(item)
+    def wake(self) -> None:
+        """Make a waiting :meth:`take` or :meth:`wait` return (any thread)."""
+        ...
 
-    def _get(self) -> object:
-        item = self.queue.popleft()
-        if isinstance(item, Inbound):
-            self.bytes -= item.size
-        return item
+    def finish(self) -> None:
+        """After the last commit (e.g. flush acknowledgements and disconnect)."""
+        ...
 
-    def messages(self) -> int:
-        """Messages queued (``qsize`` reports the inbox full while the byte bound is hit)."""
-        return len(self.queue)
+
+class QueueSource:
+    """A :class:`MessageSource` over a queue that other threads fill (in-process producers
+    and tests). ``queue.Queue(maxsize=...)`` bounds it."""
+
+    def __init__(self, inbox: queue.Queue[Inbound]) -> None:
+        self.inbox = inbox
+        self.held_messages = 0
+        self.held_bytes = 0
+        self._woken = threading.Event()
+
+    def take(self, timeout: float) -> list[Inbound]:
+        taken: list[Inbound] = []
+        deadline = time.monotonic() + timeout
+        try:
+            # Short gets, so a wake-up is seen within 50 ms without a marker in the queue.
+            while not taken and not self._woken.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                with contextlib.suppress(queue.Empty):
+                    taken.append(self.inbox.get(timeout=min(remaining, 0.05)))
+            while True:
+                taken.append(self.inbox.get_nowait())
+        except queue.Empty:
+            pass
+        self._woken.clear()
+        return taken
+
+    def wait(self, seconds: float) -> None:
+        self._woken.wait(seconds)
+        self._woken.clear()
+
+    def wake(self) -> None:
+        self._woken.set()
+
+    def finish(self) -> None:
+        pass
 
 
 class BatchWriter:
@@ -119,17 +146,17 @@ class BatchWriter:
     def __init__(
         self,
         store: Store,
-        inbox: queue.Queue[object],
+        source: MessageSource,
         *,
         stats: GatewayStats,
         on_commit: OnCommit,
-        max_samples: int = 20_000,
+        max_samples: int = 100_000,
         max_delay_s: float = 0.2,
         deadletter_payload_max: int = 4096,
         decoder: EnvelopeDecoder | None = None,
     ) -> None:
         self._store = store
-        self._inbox = inbox
+        self._source = source
         self._stats = stats
         self._on_commit = on_commit
         self._max_samples = max_samples
@@ -142,6 +169,8 @@ class BatchWriter:
         self._stop = threading.Event()
         # Envelopes committed lately, (agent, seq) -> None in commit order (a bounded set).
         self._recent: OrderedDict[tuple[str, int], None] = OrderedDict()
+        self._carry: list[Inbound] = []
+        """Taken from the source beyond the last batch's ``max_samples``."""
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._done: asyncio.Future[None] | None = None
@@ -163,9 +192,7 @@ class BatchWriter:
     def request_stop(self) -> None:
         """Flush what is queued, then exit. Never blocks."""
         self._stop.set()
-        # When the inbox is full the writer is busy and checks the stop flag after its batch.
-        with contextlib.suppress(queue.Full):
-            self._inbox.put_nowait(STOP)
+        self._source.wake()
 
     # -- writer thread ---------------------------------------------------------------------
 
@@ -198,21 +225,19 @@ class BatchWriter:
             log.debug("event loop closed before the writer finished")
 
     def _loop_batches(self) -> None:
-        inbox = self._inbox
-        while True:
-            first = inbox.get()
-            items: list[Inbound] = []
-            saw_stop = first is STOP
-            if not saw_stop:
-                assert isinstance(first, Inbound)
-                items.append(first)
-                saw_stop = self._collect(items, self._parse(first).sample_count)
-            if saw_stop or self._stop.is_set():
-                self._drain(items)
+        source = self._source
+        stop = self._stop
+        try:
+            while True:
+                stopping = stop.is_set()
+                items = self._collect(IDLE_WAIT_S if not stopping else 0.0)
                 if items:
-                    self._commit(items)
-                return
-            self._commit(items)
+                    if not self._commit(items):
+                        return  # stopping during a store outage: left unacknowledged
+                elif stopping and not self._carry:
+                    return
+        finally:
+            source.finish()
 
     def _parse(self, item: Inbound) -> DecodeResult:
         """The message's parse (done here, in the writer thread, on first use)."""
@@ -222,32 +247,35 @@ class BatchWriter:
             self._stats.samples_received += item.result.sample_count
         return item.result
 
-    def _collect(self, items: list[Inbound], samples: int) -> bool:
-        """Add waiting messages to ``items``; True when the stop marker was seen."""
-        inbox = self._inbox
-        deadline = time.monotonic() + self._max_delay_s
-        while samples < self._max_samples:
-            try:
-                item = inbox.get_nowait()
-            except queue.Empty:
-                return False
-            if item is STOP:
-                return True
-            assert isinstance(item, Inbound)
-            items.append(item)
-            samples += self._parse(item).sample_count
-            if time.monotonic() >= deadline:
-                return False
-        return False
+    def _collect(self, first_wait_s: float) -> list[Inbound]:
+        """A batch: every message available, up to ``max_samples`` or ``max_delay_s``.
 
-    def _drain(self, items: list[Inbound]) -> None:
-        while True:
-            try:
-                item = self._inbox.get_nowait()
-            except queue.Empty:
-                return
-            if isinstance(item, Inbound):
+        Messages taken beyond ``max_samples`` are carried into the next batch.
+        """
+        source = self._source
+        items: list[Inbound] = []
+        samples = 0
+        deadline = 0.0
+        while samples < self._max_samples:
+            if self._carry:
+                taken, self._carry = self._carry, []
+            else:
+                taken = source.take(first_wait_s if not items else 0.0)
+                if not taken:
+                    return items
+                source.held_messages += len(taken)
+                source.held_bytes += sum(item.size for item in taken)
+            if not items:
+                deadline = time.monotonic() + self._max_delay_s
+            for n, item in enumerate(taken, 1):
                 items.append(item)
+                samples += self._parse(item).sample_count
+                if samples >= self._max_samples:
+                    self._carry = taken[n:]
+                    break
+            if time.monotonic() >= deadline:
+                break
+        return items
 
     def _remember(self, keys: set[tuple[str, int]]) -> None:
         recent = self._recent
@@ -298,7 +326,8 @@ class BatchWriter:
                     len(items),
                     delay,
                 )
-                if self._stop.wait(delay):
+                self._source.wait(delay)
+                if self._stop.is_set():
                     log.warning(
                         "stopping with %d uncommitted message(s); the broker redelivers them",
                         len(items),
@@ -306,6 +335,10 @@ class BatchWriter:
                     return False
                 delay = min(delay * 2, RETRY_MAX_S)
 
+        # Committed: no longer held against the source's bounds (acknowledging may need to
+        # read, e.g. the PUBACKs that make room for dead letters).
+        self._source.held_messages -= len(items)
+        self._source.held_bytes -= sum(item.size for item in items)
         self._remember(keys)
         oldest_ns = min(item.parsed.received_ns for item in items)
         stats = self._stats

@@ -1,12 +1,15 @@
 """SQLite store adapter (schema: :mod:`karkhana.storage.sqlite_schema`).
 
-One connection, used by the gateway's writer thread only; one transaction per batch.
+One connection, used by the gateway's writer thread only; one transaction per batch. A
+second thread checkpoints the WAL into the database file (copy and fsync), which SQLite
+would otherwise do inside every thousandth page's commit, stalling ingestion meanwhile.
 """
 
 from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -39,23 +42,81 @@ _INSERT_DEAD = (
 )
 
 
+CHECKPOINT_INTERVAL_S = 1.0
+"""How often the checkpoint thread copies the WAL into the database file. The WAL holds at
+most about this long's writes (it is reused from its start after a complete checkpoint)."""
+
+
+class Checkpointer:
+    """A thread with its own connection that checkpoints the WAL every ``interval_s``.
+
+    PASSIVE checkpoints never block the writer or readers: they copy what no reader still
+    needs, and the writer restarts the WAL from its beginning once all of it is copied.
+    """
+
+    def __init__(self, path: Path, interval_s: float = CHECKPOINT_INTERVAL_S) -> None:
+        self.path = path
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name="karkhana-sqlite-checkpoint", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        conn: sqlite3.Connection | None = None
+        failing = False
+        while not self._stop.wait(self.interval_s):
+            try:
+                if conn is None:
+                    conn = sqlite3.connect(str(self.path), check_same_thread=False)
+                    conn.execute("PRAGMA busy_timeout = 1000")
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                if failing:
+                    log.info("checkpoints of %s work again", self.path)
+                failing = False
+            except sqlite3.Error as exc:
+                if not failing:  # once per failure spell: a full disk would repeat it
+                    log.warning("checkpoint of %s failed (retried): %s", self.path, exc)
+                failing = True
+        if conn is not None:
+            conn.close()
+
+
 class SqliteStore:
     """The embedded store. Create with :meth:`open`; use from one thread at a time."""
 
-    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        path: Path,
+        checkpoint_interval_s: float = CHECKPOINT_INTERVAL_S,
+    ) -> None:
         self._conn = conn
         self.path = path
+        self._checkpointer = Checkpointer(path, checkpoint_interval_s)
+        self._checkpointer.start()
         self._chunks = ChunkWriter(conn)
         # (asset, signal) -> (series id, unit); only committed rows.
         self._series: dict[tuple[str, str], tuple[int, str | None]] = {}
 
     @classmethod
-    def open(cls, path: str | Path) -> SqliteStore:
+    def open(
+        cls, path: str | Path, checkpoint_interval_s: float = CHECKPOINT_INTERVAL_S
+    ) -> SqliteStore:
         """Open (creating if needed) the store at ``path``; raises StoreError."""
         p = Path(path)
         try:
             conn = connect(p)
             conn.execute(f"PRAGMA cache_size = -{CACHE_MIB * 1024}")
+            # Checkpoints run on the store's checkpoint thread, not inside a commit.
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open SQLite store {p}: {exc}") from exc
         try:
@@ -66,14 +127,14 @@ class SqliteStore:
         except sqlite3.Error as exc:
             conn.close()
             raise StoreError(f"cannot convert the SQLite store {p}: {exc}") from exc
-        store = cls(conn, p)
+        store = cls(conn, p, checkpoint_interval_s)
         try:
             for sid, asset, signal, unit in conn.execute(
                 "SELECT id, asset, signal, unit FROM series"
             ):
                 store._series[(asset, signal)] = (sid, unit)
         except sqlite3.Error as exc:
-            conn.close()
+            store.close()
             raise StoreError(f"cannot read SQLite store {p}: {exc}") from exc
         return store
 
@@ -149,8 +210,9 @@ class SqliteStore:
             log.warning("rollback of %s failed: %s", self.path, exc)
 
     def close(self) -> None:
+        self._checkpointer.stop()
         try:
-            self._conn.close()
+            self._conn.close()  # the last connection to close checkpoints what is left
         except sqlite3.Error as exc:
             log.warning("closing %s failed: %s", self.path, exc)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from gateway.deadletters import DeadLetter
 from gateway.decode import DecodeResult, NormalizedSample
 from gateway.stats import GatewayStats
 from gateway.stores import Batch, SqliteStore
-from gateway.writer import STOP, BatchWriter, Inbound
+from gateway.writer import BatchWriter, Inbound, QueueSource
 from karkhana.errors import StoreError
 from services.store import StoredDeadLetter, open_reader
 from tests.helpers.stored import StoredSample, stored_samples
@@ -55,6 +56,31 @@ def test_write_keeps_types_and_quality(tmp_path: Path) -> None:
     reopened = SqliteStore.open(db)
     assert reopened.high_water_marks() == {"agent-1": 9}
     reopened.close()
+
+
+def test_the_wal_is_checkpointed_in_the_background(tmp_path: Path) -> None:
+    """Commits never checkpoint (that would stall ingestion); the store's checkpoint thread
+    does, so the WAL is reused instead of growing with everything written."""
+    db = tmp_path / "store.sqlite"
+    wal = db.with_name(db.name + "-wal")
+    store = SqliteStore.open(db, checkpoint_interval_s=0.02)
+    batches, per_batch = 40, 5_000
+    largest_wal = 0
+    for b in range(batches):
+        samples = [
+            NormalizedSample(ASSET, f"s{i % 50}", T0 + (b * per_batch + i) * 1_000_000, float(i))
+            for i in range(per_batch)
+        ]
+        store.write(Batch(samples=samples))
+        time.sleep(0.05)  # room for a checkpoint between commits
+        largest_wal = max(largest_wal, wal.stat().st_size)
+    assert wal.stat().st_size > 0
+    store.close()
+    database = db.stat().st_size
+    assert database > 1_000_000
+    # Without checkpoints the WAL would hold every page written (more than the database).
+    assert largest_wal < database / 4, (largest_wal, database)
+    assert len(read_samples(db)) == batches * per_batch
 
 
 def test_same_series_and_ts_is_written_once(tmp_path: Path) -> None:
@@ -156,7 +182,7 @@ async def test_writer_dedups_by_seq_and_acknowledges_everything(tmp_path: Path) 
     db = tmp_path / "store.sqlite"
     store = SqliteStore.open(db)
     store.write(Batch(high_water={"a": 3}))  # committed earlier
-    inbox: queue.Queue[object] = queue.Queue(maxsize=100)
+    inbox: queue.Queue[Inbound] = queue.Queue(maxsize=100)
     committed: list[object] = []
     letters: list[DeadLetter] = []
     stats = GatewayStats()
@@ -165,7 +191,7 @@ async def test_writer_dedups_by_seq_and_acknowledges_everything(tmp_path: Path) 
         committed.extend(item.token for item in items)
         letters.extend(batch.dead_letters)
 
-    writer = BatchWriter(store, inbox, stats=stats, on_commit=on_commit)
+    writer = BatchWriter(store, QueueSource(inbox), stats=stats, on_commit=on_commit)
     items = [
         # Older than the seq another gateway committed, but never written itself: with
         # several gateways (or a redelivery) seqs arrive out of order, so it is stored.
@@ -205,23 +231,27 @@ async def test_writer_dedups_by_seq_and_acknowledges_everything(tmp_path: Path) 
 
 async def test_writer_stop_with_empty_inbox(tmp_path: Path) -> None:
     store = SqliteStore.open(tmp_path / "store.sqlite")
-    inbox: queue.Queue[object] = queue.Queue(maxsize=1)
-    writer = BatchWriter(store, inbox, stats=GatewayStats(), on_commit=lambda i, d: None)
+    inbox: queue.Queue[Inbound] = queue.Queue(maxsize=1)
+    committed: list[Inbound] = []
+    writer = BatchWriter(
+        store, QueueSource(inbox), stats=GatewayStats(), on_commit=lambda i, d: committed.extend(i)
+    )
     writer.start()
     writer.request_stop()
     await asyncio.wait_for(writer.done, 10)
-    assert inbox.empty() or inbox.get_nowait() is STOP
+    assert inbox.empty() and not committed
 
 
 async def test_writer_batches_respect_max_samples(tmp_path: Path) -> None:
     store = SqliteStore.open(tmp_path / "store.sqlite")
-    inbox: queue.Queue[object] = queue.Queue(maxsize=100)
+    inbox: queue.Queue[Inbound] = queue.Queue(maxsize=100)
     stats = GatewayStats()
-    writer = BatchWriter(store, inbox, stats=stats, on_commit=lambda i, d: None, max_samples=4)
+    source = QueueSource(inbox)
+    writer = BatchWriter(store, source, stats=stats, on_commit=lambda i, d: None, max_samples=4)
     for seq in range(1, 7):  # 6 envelopes of 2 samples each -> at most 4 samples per batch
         inbox.put(envelope_result("a", seq, 2 * seq, 2 * seq + 1))
-    inbox.put(STOP)
     writer.start()
+    writer.request_stop()
     await asyncio.wait_for(writer.done, 10)
     assert stats.samples_written == 12
     assert stats.batches == 3
