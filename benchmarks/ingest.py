@@ -428,7 +428,7 @@ def main() -> None:
     parser.add_argument("--single-messages", type=int, default=None)
     parser.add_argument("--latency-seconds", type=float, default=None)
     args = parser.parse_args()
-    batched = args.batched_messages or (2_000 if args.quick else 10_000)
+    batched = args.batched_messages or (5_000 if args.quick else 10_000)
     single = args.single_messages or (20_000 if args.quick else 100_000)
     latency_s = args.latency_seconds or (5.0 if args.quick else 20.0)
     print(f"load average at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", flush=True)
