@@ -121,8 +121,10 @@ class MqttSource:
         paho = client._client
         paho.manual_ack_set(True)
         async with client:
-            for topic_filter in self._filters:
-                await client.subscribe(topic_filter, qos=1)
+            # One SUBSCRIBE for every filter: a broker may deliver a filter's retained
+            # messages before it answers the next SUBSCRIBE (amqtt does, then waits for
+            # their PUBACKs), while this session acknowledges only once subscribed.
+            await client.subscribe([(topic_filter, 1) for topic_filter in self._filters])
             self.stats.connections += 1
             if self.stats.connections > 1:
                 self.stats.reconnects += 1
