@@ -335,6 +335,8 @@ class BatchWriter:
                     return False
                 delay = min(delay * 2, RETRY_MAX_S)
 
+        # Samples the store refused for good were stored as dead letters in the same write.
+        batch.dead_letters.extend(written.rejected)
         # Committed: no longer held against the source's bounds (acknowledging may need to
         # read, e.g. the PUBACKs that make room for dead letters).
         self._source.held_messages -= len(items)

@@ -40,6 +40,9 @@ class WriteResult:
     samples_written: int
     samples_duplicate: int
     """Samples whose (asset, signal, ts) was already stored (or repeated in the batch)."""
+    rejected: tuple[DeadLetter, ...] = ()
+    """Samples the store refused for good (stored as these dead letters, in the same
+    write); the writer adds them to the batch's dead letters."""
 
 
 class Store(Protocol):

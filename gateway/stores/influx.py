@@ -18,13 +18,16 @@ import logging
 from typing import Any, Protocol
 
 from gateway.deadletters import DeadLetter, payload_text
+from gateway.decode import NormalizedSample
 from gateway.stores.base import Batch, WriteResult
 from karkhana.errors import StoreError
+from karkhana.models import from_ns, iso_utc
 from karkhana.storage.influx_schema import (
     AGENT_SEQ,
     DatabaseNotFound,
     InfluxHttp,
     InfluxTarget,
+    PointsRejected,
     SampleLines,
     agent_seq_line,
     dead_letter_line,
@@ -36,6 +39,11 @@ from karkhana.storage.influx_schema import (
 log = logging.getLogger(__name__)
 
 LINES_PER_REQUEST = 5000
+REJECTED_TOPIC = "store:influxdb"
+"""The ``topic`` of the dead letter of a sample InfluxDB refused (it names no MQTT topic:
+the sample came through the store, not a message)."""
+REJECTED_LINE_MAX = 4096
+"""Bytes of a refused sample's line protocol kept as its dead letter's payload."""
 """Large batches go out in several requests (servers limit the body size)."""
 
 RETRIES = 2
@@ -196,6 +204,7 @@ class InfluxStore:
 
     def write(self, batch: Batch) -> WriteResult:
         lines: list[str] = []
+        samples: list[NormalizedSample] = []
         seen: set[tuple[str, str, int]] = set()
         line = self._lines.line
         total = 0
@@ -207,12 +216,15 @@ class InfluxStore:
                     continue  # first one wins inside a batch, as in the SQLite store
                 seen.add(key)
                 lines.append(line(s.asset, s.signal, s.ts_ns, s.value, s.quality, s.unit))
+                samples.append(s)
         dropped = 0
+        rejected: list[DeadLetter] = []
         for start in range(0, len(lines), LINES_PER_REQUEST):
-            dropped += self._send(lines[start : start + LINES_PER_REQUEST])
+            end = min(start + LINES_PER_REQUEST, len(lines))
+            dropped += self._send_splitting(lines, samples, start, end, rejected, batch)
         # Marks and dead letters last: an envelope counts as committed only after its samples.
         tail = [agent_seq_line(a, seq, batch.received_ns) for a, seq in batch.high_water.items()]
-        tail.extend(_dead_letter_lines(batch.dead_letters))
+        tail.extend(_dead_letter_lines([*batch.dead_letters, *rejected]))
         if tail:
             lost = self._send(tail)
             if lost:
@@ -226,9 +238,40 @@ class InfluxStore:
                 self.target.location,
                 dropped,
             )
+        if rejected:
+            log.warning(
+                "InfluxDB at %s refused %d sample(s); they are dead letters (first: %s)",
+                self.target.location,
+                len(rejected),
+                rejected[0].reason,
+            )
         return WriteResult(
-            samples_written=len(lines) - dropped,
+            samples_written=len(lines) - dropped - len(rejected),
             samples_duplicate=total - len(lines),
+            rejected=tuple(rejected),
+        )
+
+    def _send_splitting(
+        self,
+        lines: list[str],
+        samples: list[NormalizedSample],
+        lo: int,
+        hi: int,
+        rejected: list[DeadLetter],
+        batch: Batch,
+    ) -> int:
+        """Send ``lines[lo:hi]``; when the server refuses the request for good, send each
+        half again, down to single lines, so that only the refused samples are left out
+        (as dead letters). Points are idempotent, so a half sent twice is harmless."""
+        try:
+            return self._send(lines[lo:hi])
+        except PointsRejected as exc:
+            if hi - lo == 1:
+                rejected.append(_refused(lines[lo], samples[lo], exc.server_message, batch))
+                return 0
+        mid = (lo + hi) // 2
+        return self._send_splitting(lines, samples, lo, mid, rejected, batch) + (
+            self._send_splitting(lines, samples, mid, hi, rejected, batch)
         )
 
     def _send(self, lines: list[str]) -> int:
@@ -239,6 +282,20 @@ class InfluxStore:
             self._writer.close()
         finally:
             self._http.close()
+
+
+def _refused(line: str, sample: NormalizedSample, message: str, batch: Batch) -> DeadLetter:
+    payload = line.encode("utf-8")
+    return DeadLetter(
+        received_ns=batch.received_ns,
+        topic=REJECTED_TOPIC,
+        reason=(
+            f"InfluxDB refused the sample {sample.asset} {sample.signal} at "
+            f"{iso_utc(from_ns(sample.ts_ns))} (ts {sample.ts_ns} ns): {message}"
+        ),
+        payload=payload[:REJECTED_LINE_MAX],
+        payload_size=len(payload),
+    )
 
 
 def _dead_letter_lines(letters: list[DeadLetter]) -> list[str]:

@@ -339,6 +339,15 @@ def error_text(body: bytes | str) -> str:
     return text.strip()[:500]
 
 
+class PointsRejected(StoreError):
+    """The server refused this request's points for good (HTTP 400, 413, 422): sending the
+    same body again gets the same answer."""
+
+    def __init__(self, text: str, server_message: str) -> None:
+        super().__init__(text)
+        self.server_message = server_message
+
+
 def http_error(target: InfluxTarget, action: str, status: int, body: bytes | str) -> StoreError:
     """A readable StoreError for an HTTP error answer of the server."""
     message = error_text(body)
@@ -358,7 +367,11 @@ def http_error(target: InfluxTarget, action: str, status: int, body: bytes | str
             f"{target.api} API? (set influx_api)"
         )
     if status == 413:
-        return StoreError(f"{where}: {action} failed: request too large (HTTP 413: {message})")
+        return PointsRejected(
+            f"{where}: {action} failed: request too large (HTTP 413: {message})", message
+        )
+    if status in (400, 422):
+        return PointsRejected(f"{where}: {action} failed (HTTP {status}: {message})", message)
     return StoreError(f"{where}: {action} failed (HTTP {status}: {message})")
 
 

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
@@ -127,6 +128,42 @@ def test_round_trip_keeps_values_types_quality_and_unit(influxd: Influxd) -> Non
             assert [type(p.value) for p in got] == [type(p.value) for p in expected]
         assert reader.sample_count() == len(MIXED)
         assert reader.exists
+
+
+def test_samples_the_server_refuses_become_dead_letters(influxd: Influxd) -> None:
+    """A refused write used to be retried forever, halting ingestion. Another writer made
+    ``value_f`` a string field in this shard, so influxd refuses every float sample there
+    (HTTP 400, field type conflict); the rest of the batch is stored and each refused
+    sample is a dead letter naming the series and the server's reason."""
+    store = InfluxStore.open(v1(influxd))
+    foreign = 'samples,asset=other,signal=note value_f="text" ' + str(T0)
+    response = httpx.post(
+        f"{influxd.url}/write", params={"db": "karkhana", "precision": "ns"}, content=foreign
+    )
+    assert response.status_code == 204, response.text
+    floats = [s for s in MIXED if isinstance(s.value, float)]
+    try:
+        result = store.write(Batch(samples=list(MIXED), received_ns=T0 + 10**9))
+    finally:
+        store.close()
+
+    assert len(floats) == 2
+    assert result.samples_written == len(MIXED) - len(floats)
+    refused = sorted(result.rejected, key=lambda d: d.reason)
+    assert [d.topic for d in refused] == ["store:influxdb"] * len(floats)
+    for letter, s in zip(refused, sorted(floats, key=lambda s: s.ts_ns), strict=True):
+        assert f"{ASSET} {s.signal} at" in letter.reason
+        assert f"(ts {s.ts_ns} ns)" in letter.reason
+        assert "field type conflict" in letter.reason
+        assert letter.payload.startswith(b"samples,")
+        assert letter.payload.endswith(f" {s.ts_ns}".encode())
+    # The server holds every other sample, and the dead letters.
+    stored = select(influxd, f"SELECT * FROM samples WHERE asset = '{ASSET}'")
+    assert sorted((r["signal"], r["time"]) for r in stored) == sorted(
+        (s.signal, s.ts_ns) for s in MIXED if not isinstance(s.value, float)
+    )
+    letters = select(influxd, "SELECT topic, reason FROM dead_letters")
+    assert sorted(r["reason"] for r in letters) == [d.reason for d in refused]
 
 
 def test_rewriting_points_overwrites_instead_of_duplicating(influxd: Influxd) -> None:
