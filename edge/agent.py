@@ -167,11 +167,15 @@ class EdgeAgent:
         )
 
     def _status_details(self) -> dict[str, Any]:
-        """Source connection states for the retained status message."""
+        """Source connection states and buffer depth for the retained status message."""
         sources = {s.name: s.stats.connected for s in self._sources}
+        buffer = self._buffer
+        pending = buffer.pending_samples + buffer.pending_outbox_samples if buffer else 0
         return {
             "ready": bool(sources) and all(sources.values()),
             "sources": {n: "connected" if up else "disconnected" for n, up in sources.items()},
+            "samples_pending": pending,
+            "buffer_bytes": buffer.stored_bytes if buffer else 0,
         }
 
     async def __aexit__(

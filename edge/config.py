@@ -63,6 +63,9 @@ class UplinkConfig(_Strict):
     username: str | None = None
     password: str | None = None
     keepalive_s: int = Field(default=30, ge=5, le=3600)
+    status_interval_s: float = Field(default=10.0, ge=0.5, le=3600)
+    """The retained status is republished this often (besides on every change), so that
+    its buffer depth stays current."""
 
     _url = field_validator("broker")(_check_broker_url)
 

@@ -182,8 +182,11 @@ class Uplink:
         )
 
     async def _status_loop(self, client: aiomqtt.Client) -> None:
+        """Republish on every change, and every ``status_interval_s`` for the buffer depth."""
+        interval = self._config.uplink.status_interval_s
         while True:
-            await self._status_dirty.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._status_dirty.wait(), interval)
             await self._publish_online(client)
 
     @staticmethod

@@ -61,6 +61,9 @@ class AgentStatus:
     ready: bool
     sources: int
     sources_connected: int
+    samples_pending: int | None = None
+    """Samples in the agent's store-and-forward buffer (None: its status does not say)."""
+    buffer_bytes: int | None = None
 
 
 def parse_status(topic: str, payload: bytes) -> AgentStatus | str:
@@ -83,7 +86,16 @@ def parse_status(topic: str, payload: bytes) -> AgentStatus | str:
         ready=online and body.get("ready") is True,
         sources=len(states),
         sources_connected=sum(1 for s in states if s == "connected") if online else 0,
+        samples_pending=_count(body.get("samples_pending")),
+        buffer_bytes=_count(body.get("buffer_bytes")),
     )
+
+
+def _count(value: object) -> int | None:
+    """A non-negative integer of a status message, else None (older agents omit it)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
 
 
 def _rate(now: int, before: int, seconds: float) -> float:
@@ -120,11 +132,15 @@ def platform_line(
 
 
 def agent_line(status: AgentStatus, ts_ns: int) -> str:
-    return (
-        f"{EDGE_AGENT},agent={escape_tag(status.agent)} online={int(status.online)}i,"
-        f"ready={int(status.ready)}i,sources={status.sources}i,"
-        f"sources_connected={status.sources_connected}i {ts_ns}"
+    fields = (
+        f"online={int(status.online)}i,ready={int(status.ready)}i,sources={status.sources}i,"
+        f"sources_connected={status.sources_connected}i"
     )
+    if status.samples_pending is not None:
+        fields += f",samples_pending={status.samples_pending}i"
+    if status.buffer_bytes is not None:
+        fields += f",buffer_bytes={status.buffer_bytes}i"
+    return f"{EDGE_AGENT},agent={escape_tag(status.agent)} {fields} {ts_ns}"
 
 
 class PlatformStats:

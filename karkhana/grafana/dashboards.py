@@ -679,7 +679,8 @@ def platform_health() -> JSON:
                     select(
                         'last("online") AS "online", last("ready") AS "ready", '
                         'last("sources_connected") AS "sources_connected", '
-                        'last("sources") AS "sources"',
+                        'last("sources") AS "sources", '
+                        'last("samples_pending") AS "samples_pending"',
                         EDGE_AGENT,
                         [],
                         ["agent"],
@@ -707,6 +708,27 @@ def platform_health() -> JSON:
             ],
             unit="short",
             description="Messages (and their payload bytes) received but not yet committed.",
+        ),
+        Panel(
+            "timeseries",
+            "Edge buffer depth",
+            [
+                Query(
+                    select(
+                        'max("samples_pending") AS "samples_pending"',
+                        EDGE_AGENT,
+                        [],
+                        ["agent"],
+                        every="$__interval",
+                        fill="none",
+                    )
+                )
+            ],
+            unit="short",
+            description=(
+                "Samples in each agent's store-and-forward buffer, not yet acknowledged by "
+                "the broker (from its status, refreshed every status_interval_s)."
+            ),
         ),
         Panel(
             "timeseries",

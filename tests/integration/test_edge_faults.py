@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -30,6 +31,7 @@ from edge import EdgeAgent, EdgeConfig
 from edge.buffer import DropCounts
 from gateway.service import Gateway
 from gateway.settings import GatewaySettings
+from karkhana.topics import edge_status
 from tests.helpers.servers import Mosquitto, async_wait_until, run_mosquitto
 from tests.helpers.stored import stored_count, stored_samples
 
@@ -152,6 +154,23 @@ async def gateway(broker: Mosquitto, db: Path) -> AsyncIterator[Gateway]:
             await asyncio.gather(task, return_exceptions=True)
 
 
+@contextlib.asynccontextmanager
+async def status_watch(broker: Mosquitto) -> AsyncIterator[list[dict[str, Any]]]:
+    """Every status message of AGENT on ``broker`` (reconnecting across its restarts)."""
+    seen: list[dict[str, Any]] = []
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="status-watch")
+    client.on_connect = lambda c, *args: c.subscribe(edge_status(AGENT), qos=1)
+    client.on_message = lambda c, u, msg: seen.append(json.loads(msg.payload))
+    client.reconnect_delay_set(1, 2)
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    try:
+        yield seen
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
 def stored(db: Path) -> list[tuple[str, str, int, Any]]:
     return [(r.asset, r.signal, r.ts_ns, r.value) for r in stored_samples(db)]
 
@@ -197,13 +216,14 @@ async def test_uplink_outage_under_load_loses_and_duplicates_nothing(tmp_path: P
         cfg = EdgeConfig.model_validate(
             {
                 "agent_id": AGENT,
-                "uplink": {"broker": uplink.url, "keepalive_s": 5},
+                "uplink": {"broker": uplink.url, "keepalive_s": 5, "status_interval_s": 1},
                 "buffer": {"path": str(tmp_path / "buffer.sqlite"), "flush_interval_s": 0.1},
                 "metrics": {"port": 0},
                 "sources": [{**MQTT_SENSORS, "broker": sensor_broker.url}],
             }
         )
         async with (
+            status_watch(uplink) as statuses,
             gateway(uplink, store),
             EdgeAgent(cfg) as agent,
             httpx.AsyncClient(timeout=5) as http,
@@ -235,9 +255,19 @@ async def test_uplink_outage_under_load_loses_and_duplicates_nothing(tmp_path: P
                     pending_at_cut
                 )
                 read_during = agent.stats.samples_read - read_at_cut
+                seen_before = len(statuses)
                 await asyncio.to_thread(uplink.start_again)
                 await async_wait_until(
                     lambda: agent.stats.uplink_connected, 30, "the uplink to reconnect"
+                )
+                # The agent's status shows its backlog (the dashboards' edge buffer depth).
+                await async_wait_until(
+                    lambda: any(
+                        s.get("state") == "online" and s.get("samples_pending", 0) > 1000
+                        for s in statuses[seen_before:]
+                    ),
+                    30,
+                    "a status with the backlog",
                 )
                 # Live data flows again while the backlog drains.
                 await async_wait_until(
@@ -255,6 +285,12 @@ async def test_uplink_outage_under_load_loses_and_duplicates_nothing(tmp_path: P
                     lambda: stored_count(store) >= total, 120, f"all {total} samples stored"
                 )
             assert_exactly_once(store, publisher)
+            # Drained: the refreshed status says so.
+            await async_wait_until(
+                lambda: bool(statuses) and statuses[-1].get("samples_pending") == 0,
+                15,
+                "a status with the backlog drained",
+            )
             await async_wait_until(lambda: agent.stats.samples_pending == 0, 30, "all acked")
             after = await scrape()
         assert agent.stats.dropped == DropCounts()

@@ -50,3 +50,26 @@ def test_platform_line_has_totals_rates_and_depth() -> None:
 def test_agent_line() -> None:
     line = agent_line(AgentStatus("edge 1", True, False, 3, 2), 5)
     assert line == "edge_agent,agent=edge\\ 1 online=1i,ready=0i,sources=3i,sources_connected=2i 5"
+
+
+def test_the_buffer_depth_of_an_agent_reaches_its_point() -> None:
+    payload = (
+        b'{"state": "online", "agent": "lahore-edge-1", "ready": true, '
+        b'"sources": {"loom-01": "connected"}, "samples_pending": 1250, "buffer_bytes": 90000}'
+    )
+    status = parse_status(TOPIC, payload)
+    assert status == AgentStatus("lahore-edge-1", True, True, 1, 1, 1250, 90000)
+    assert isinstance(status, AgentStatus)
+    assert agent_line(status, 5) == (
+        "edge_agent,agent=lahore-edge-1 online=1i,ready=1i,sources=1i,sources_connected=1i,"
+        "samples_pending=1250i,buffer_bytes=90000i 5"
+    )
+
+
+def test_a_depth_that_is_not_a_count_is_left_out() -> None:
+    for bad in (b'"many"', b"-3", b"true", b"1.5"):
+        payload = b'{"state": "online", "samples_pending": ' + bad + b', "buffer_bytes": null}'
+        status = parse_status(TOPIC, payload)
+        assert isinstance(status, AgentStatus)
+        assert (status.samples_pending, status.buffer_bytes) == (None, None)
+        assert "samples_pending" not in agent_line(status, 5)
