@@ -125,9 +125,9 @@ class MqttConsumer:
         """Read from the socket, not yet taken by the writer."""
         self._received_bytes = 0
         self._reads = 0
-        self.held_messages = 0
-        """Taken by the writer and not yet committed (set by the writer)."""
-        self.held_bytes = 0
+        self._held_messages = 0
+        """Taken by the writer and not yet released (committed)."""
+        self._held_bytes = 0
         self._reconnect_at = 0.0
         self._reconnect_delay = float(RECONNECT_MIN_S)
         self._connecting = False
@@ -229,8 +229,8 @@ class MqttConsumer:
     def queued(self) -> tuple[int, int]:
         """(messages, payload bytes) read and not yet committed (for metrics, any thread)."""
         return (
-            len(self._received) + self.held_messages,
-            self._received_bytes + self.held_bytes,
+            len(self._received) + self._held_messages,
+            self._received_bytes + self._held_bytes,
         )
 
     # -- writer thread ---------------------------------------------------------------------
@@ -244,8 +244,16 @@ class MqttConsumer:
                 if self._received or time.monotonic() >= deadline or self._drain_wake():
                     break
         taken, self._received = self._received, []
+        self._held_messages += len(taken)
+        self._held_bytes += self._received_bytes
         self._received_bytes = 0
         return taken
+
+    def release(self, items: list[Inbound]) -> None:
+        """Committed messages no longer count against the bounds (acknowledging may need to
+        read: the PUBACKs that make room for dead letters come between messages)."""
+        self._held_messages -= len(items)
+        self._held_bytes -= sum(item.size for item in items)
 
     def wait(self, seconds: float) -> None:
         """Keep the connection serviced (keepalive, acks, reading up to the bounds) while the

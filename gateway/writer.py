@@ -80,12 +80,13 @@ class MessageSource(Protocol):
     """Where the writer thread takes its messages from; every method runs on that thread
     except :meth:`wake`."""
 
-    held_messages: int
-    """Messages the writer has taken and not yet committed (the writer keeps it current)."""
-    held_bytes: int
-
     def take(self, timeout: float) -> list[Inbound]:
-        """Messages available now, waiting up to ``timeout`` s for the first one."""
+        """Messages available now, waiting up to ``timeout`` s for the first one. They count
+        against the source's bounds until :meth:`release`."""
+        ...
+
+    def release(self, items: list[Inbound]) -> None:
+        """``items`` are committed: they no longer count against the bounds."""
         ...
 
     def wait(self, seconds: float) -> None:
@@ -107,8 +108,6 @@ class QueueSource:
 
     def __init__(self, inbox: queue.Queue[Inbound]) -> None:
         self.inbox = inbox
-        self.held_messages = 0
-        self.held_bytes = 0
         self._woken = threading.Event()
 
     def take(self, timeout: float) -> list[Inbound]:
@@ -128,6 +127,9 @@ class QueueSource:
             pass
         self._woken.clear()
         return taken
+
+    def release(self, items: list[Inbound]) -> None:
+        """The queue's own ``maxsize`` bounds it: nothing to count."""
 
     def wait(self, seconds: float) -> None:
         self._woken.wait(seconds)
@@ -263,8 +265,6 @@ class BatchWriter:
                 taken = source.take(first_wait_s if not items else 0.0)
                 if not taken:
                     return items
-                source.held_messages += len(taken)
-                source.held_bytes += sum(item.size for item in taken)
             if not items:
                 deadline = time.monotonic() + self._max_delay_s
             for n, item in enumerate(taken, 1):
@@ -337,10 +337,8 @@ class BatchWriter:
 
         # Samples the store refused for good were stored as dead letters in the same write.
         batch.dead_letters.extend(written.rejected)
-        # Committed: no longer held against the source's bounds (acknowledging may need to
-        # read, e.g. the PUBACKs that make room for dead letters).
-        self._source.held_messages -= len(items)
-        self._source.held_bytes -= sum(item.size for item in items)
+        # Released before acknowledging, which may need to read (MqttConsumer.release).
+        self._source.release(items)
         self._remember(keys)
         oldest_ns = min(item.parsed.received_ns for item in items)
         stats = self._stats

@@ -67,7 +67,7 @@ async def consumer(
     subscribed = asyncio.ensure_future(c.wait_subscribed())
     taken: list[Inbound] = []
     while not subscribed.done():  # the writer thread's part: take() connects and subscribes
-        taken += await hold(c, await asyncio.to_thread(c.take, 0.2))
+        taken += await asyncio.to_thread(c.take, 0.2)
     if early is not None:
         early += taken
     else:
@@ -79,26 +79,18 @@ async def consumer(
         await c.close()
 
 
-async def hold(c: MqttConsumer, taken: list[Inbound]) -> list[Inbound]:
-    """What the writer does with messages it took: they count until committed."""
-    c.held_messages += len(taken)
-    c.held_bytes += sum(item.size for item in taken)
-    return taken
-
-
 async def take_as_writer(c: MqttConsumer, rounds: int) -> list[Inbound]:
     """What a writer that never commits would hold after ``rounds`` takes."""
     held: list[Inbound] = []
     for _ in range(rounds):
-        held += await hold(c, await asyncio.to_thread(c.take, 0.3))
+        held += await asyncio.to_thread(c.take, 0.3)
     return held
 
 
 async def release(c: MqttConsumer, held: list[Inbound]) -> None:
     """What the writer does after committing ``held``."""
+    c.release(held)
     await asyncio.to_thread(c.acknowledge, held, Batch())
-    c.held_messages -= len(held)
-    c.held_bytes -= sum(item.size for item in held)
 
 
 async def test_reading_stops_at_the_message_bound_until_a_commit(
