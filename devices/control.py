@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from karkhana.errors import KarkhanaError
 from karkhana.models import MachineState, iso_utc
 from karkhana.mqtt_url import parse_broker_url
+from karkhana.tasks import cancel_and_wait
 from karkhana.topics import PREFIX
 
 log = logging.getLogger(__name__)
@@ -112,9 +113,7 @@ class SimControl:
     ) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
 
     async def _run(self) -> None:
         while True:

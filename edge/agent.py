@@ -15,11 +15,11 @@ from edge.config import EdgeConfig
 from edge.forwarder import Forwarder
 from edge.metrics import MetricsServer, lag_seconds
 from edge.sources import DeadLetter, Source, SourceStats, build_source
-from edge.tasks import cancel_and_wait
 from edge.transform import build_transforms
 from edge.uplink import Uplink
 from karkhana.errors import KarkhanaError
 from karkhana.models import Sample
+from karkhana.tasks import cancel_and_wait
 from karkhana.topics import DEADLETTER
 
 log = logging.getLogger(__name__)

@@ -20,8 +20,8 @@ import aiomqtt
 
 from edge.config import EdgeConfig, broker_host_port
 from edge.sources.base import Backoff
-from edge.tasks import cancel_and_wait
 from karkhana.models import iso_utc, utc_now
+from karkhana.tasks import cancel_and_wait
 from karkhana.topics import edge_status
 
 log = logging.getLogger(__name__)

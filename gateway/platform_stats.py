@@ -14,7 +14,6 @@ stop ingestion.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import ssl
@@ -30,6 +29,7 @@ from gateway.settings import GatewaySettings
 from gateway.stats import GatewayStats
 from karkhana.errors import StoreError
 from karkhana.storage.influx_schema import InfluxHttp, escape_tag
+from karkhana.tasks import cancel_and_wait
 from karkhana.topics import PREFIX
 
 log = logging.getLogger(__name__)
@@ -176,12 +176,11 @@ class PlatformStats:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        for task in self._tasks:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
+        for task in tasks:
+            await cancel_and_wait(task)
         await asyncio.to_thread(self._http.close)
 
     async def _write_loop(self) -> None:

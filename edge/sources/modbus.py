@@ -39,9 +39,9 @@ from edge.modbus_config import (
     register_label,
 )
 from edge.sources.base import Backoff, Sink, SourceStats
-from edge.tasks import cancel_and_wait
 from karkhana.errors import ConnectionFailed
 from karkhana.models import Sample, SampleValue, utc_now
+from karkhana.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 

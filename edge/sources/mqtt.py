@@ -20,8 +20,8 @@ from edge.config import MqttSourceConfig, broker_host_port
 from edge.mapping import PayloadError, TopicMapping, first_match
 from edge.sources.base import Backoff, DeadLetter, Sink, SourceStats
 from edge.sparkplug import SparkplugError, SparkplugHost
-from edge.tasks import cancel_and_wait
 from karkhana.models import utc_now
+from karkhana.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 

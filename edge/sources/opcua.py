@@ -38,9 +38,9 @@ from edge.sources.opcua_security import (
     connect_client,
     resolve_browse_path,
 )
-from edge.tasks import cancel_and_wait
 from karkhana.errors import ConnectionFailed
 from karkhana.models import Quality, Sample, SampleValue, utc_now
+from karkhana.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
